@@ -1,0 +1,162 @@
+"""Motion -> posed body -> UV renders -> warp operator, and a preview a person can look at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.body_model import BodyModel
+from models.motion import Motion, MotionError
+from models.noise_warp import (
+    VAE_TEMPORAL_FACTOR,
+    BackgroundMode,
+    WarpOperator,
+    WarpRule,
+    build_warp_operator,
+    latent_frame_of,
+    latent_num_frames,
+)
+from models.rasterizer import rasterize, scale_intrinsics, uv_map
+
+SPATIAL_FACTOR = 8  # VAE downsampling of every supported backbone
+
+
+class NoiseConfig(BaseModel):
+    """How articulated noise is built for a clip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_frames: int = Field(49, ge=1, le=4097, description="video frames, 4k+1")
+    height: int = Field(480, ge=SPATIAL_FACTOR, le=4096, description="video height in pixels, a multiple of 8")
+    width: int = Field(720, ge=SPATIAL_FACTOR, le=4096, description="video width in pixels, a multiple of 8")
+    channels: int = Field(16, ge=1, le=256, description="latent channels of the backbone")
+    texture_size: int = Field(256, ge=8, le=4096, description="side of the square UV noise texture")
+    supersample: int = Field(8, ge=1, le=16, description="render pixels per latent cell side")
+    rule: WarpRule = "aggregate"
+    background: BackgroundMode = "static"
+    group_frames: Literal["centre", "all"] = Field(
+        "centre", description="render one frame per latent frame (the centre of its VAE group) or all of them"
+    )
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> NoiseConfig:
+        latent_num_frames(self.num_frames)
+        for name in ("height", "width"):
+            if getattr(self, name) % SPATIAL_FACTOR:
+                raise ValueError(f"{name} must be a multiple of {SPATIAL_FACTOR}, got {getattr(self, name)}")
+        return self
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return latent_num_frames(self.num_frames), self.height // SPATIAL_FACTOR, self.width // SPATIAL_FACTOR
+
+    @property
+    def render_size(self) -> tuple[int, int]:
+        _, height, width = self.latent_shape
+        return height * self.supersample, width * self.supersample
+
+
+@dataclass
+class NoiseRender:
+    """What the operator was built from: the rendered frames and their UV maps at render size."""
+
+    frame_indices: torch.Tensor  # [B] video frames rendered
+    latent_frames: torch.Tensor  # [B] latent frame of each
+    uv: torch.Tensor  # [B, Hr, Wr, 2]
+    mask: torch.Tensor  # [B, Hr, Wr] bool
+    face_id: torch.Tensor  # [B, Hr, Wr] int64, -1 on background
+    bary: torch.Tensor  # [B, Hr, Wr, 3]
+    vertices: torch.Tensor  # [B, V, 3] camera frame
+    intrinsics: torch.Tensor  # [B, 3, 3] for the render size
+
+
+def rendered_frames(num_frames: int, group_frames: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video frames to render and the latent frame each belongs to.
+
+    The VAE keeps frame 0 alone and folds frames 4k-3..4k into latent frame k. "centre" renders one
+    frame per latent frame, nearest its group's centre (0, 2, 6, 10, ...); "all" renders every frame
+    and lets a latent cell pool the texels seen over its whole group.
+    """
+    num_latent = latent_num_frames(num_frames)
+    if group_frames == "all":
+        frames = torch.arange(num_frames)
+    else:
+        frames = (torch.arange(num_latent) * VAE_TEMPORAL_FACTOR - 2).clamp(min=0)
+    return frames, latent_frame_of(frames)
+
+
+def _motion_tensors(motion: Motion, frames: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    index = frames.numpy()
+    return {
+        key: torch.from_numpy(np.ascontiguousarray(getattr(motion, key)[index])).to(device)
+        for key in ("global_orient", "body_pose", "betas", "transl")
+    }
+
+
+def render_motion(
+    motion: Motion, body: BodyModel, config: NoiseConfig, device: torch.device | str = "cpu"
+) -> NoiseRender:
+    """Pose the body for the frames the operator needs and rasterize them at render size."""
+    if motion.num_frames < config.num_frames:
+        raise MotionError(
+            f"motion has {motion.num_frames} frames but num_frames={config.num_frames} were requested"
+        )
+    device = torch.device(device)
+    frames, latent_frames = rendered_frames(config.num_frames, config.group_frames)
+    with torch.no_grad():
+        vertices = body.to(device)(**_motion_tensors(motion, frames, device)).vertices
+    render_h, render_w = config.render_size
+    source_h, source_w = motion.image_size
+    intrinsics = scale_intrinsics(
+        torch.from_numpy(motion.K[frames.numpy()]).to(device), render_w / source_w, render_h / source_h
+    )
+    fragments = rasterize(vertices, body.faces, intrinsics, (render_h, render_w), cull_backfaces=True)
+    uv, mask = uv_map(fragments, body.uv_coords, body.uv_faces)
+    return NoiseRender(
+        frames, latent_frames.to(device), uv, mask, fragments.face_id, fragments.bary, vertices, intrinsics
+    )
+
+
+def build_motion_operator(
+    motion: Motion, body: BodyModel, config: NoiseConfig, device: torch.device | str = "cpu"
+) -> tuple[WarpOperator, NoiseRender]:
+    """The warp operator of the first `config.num_frames` frames of a motion."""
+    render = render_motion(motion, body, config, device)
+    operator = build_warp_operator(
+        render.uv,
+        render.mask,
+        render.latent_frames,
+        config.latent_shape,
+        (config.texture_size, config.texture_size),
+        rule=config.rule,
+        background=config.background,
+    )
+    return operator, render
+
+
+def _to_video_size(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of `[B, h, w, C]` to `[B, H, W, C]`."""
+    rows = torch.arange(size[0], device=image.device) * image.shape[1] // size[0]
+    cols = torch.arange(size[1], device=image.device) * image.shape[2] // size[1]
+    return image[:, rows][:, :, cols]
+
+
+def preview_frames(render: NoiseRender, noise: torch.Tensor, video_size: tuple[int, int]) -> np.ndarray:
+    """Side-by-side preview per latent frame: UV map (u, v, mask as RGB) | noise channels 0-2.
+
+    Returns uint8 `[F_lat, H, 2W, 3]`; the noise is shown at latent resolution, enlarged.
+    """
+    first_of_latent = torch.ones_like(render.latent_frames, dtype=torch.bool)
+    first_of_latent[1:] = render.latent_frames[1:] != render.latent_frames[:-1]
+    uv = render.uv[first_of_latent]
+    mask = render.mask[first_of_latent].to(uv.dtype)[..., None]
+    uv_rgb = torch.cat([uv * mask, mask], dim=-1)
+    noise_rgb = ((noise[:, :3].permute(0, 2, 3, 1).clamp(-2.5, 2.5) + 2.5) / 5.0).to(uv.dtype)
+    if noise_rgb.shape[-1] < 3:
+        noise_rgb = noise_rgb[..., :1].expand(*noise_rgb.shape[:-1], 3)
+    panels = torch.cat([_to_video_size(uv_rgb, video_size), _to_video_size(noise_rgb, video_size)], dim=2)
+    return (panels * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()

@@ -1,0 +1,50 @@
+"""YAML configs validated by pydantic; every run writes its resolved config next to its outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+RESOLVED_CONFIG_NAME = "config.resolved.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names each offending field."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate_config(schema: type[ConfigT], data: dict[str, Any], source: str = "config") -> ConfigT:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid {source}:\n{_describe(err)}") from None
+
+
+def load_config(schema: type[ConfigT], path: str | Path, overrides: dict[str, Any] | None = None) -> ConfigT:
+    """Read a YAML file, apply top-level overrides, validate against `schema`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
+    return validate_config(schema, {**data, **(overrides or {})}, source=f"config {path}")
+
+
+def write_resolved_config(config: BaseModel, output_dir: Path) -> Path:
+    """Write the fully resolved config (defaults filled in) as `output_dir/config.resolved.yaml`."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / RESOLVED_CONFIG_NAME
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path

@@ -1,0 +1,144 @@
+"""The `humanim` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cmd_noise(args: argparse.Namespace) -> None:
+    """Articulated latent noise `[F_lat, C, h, w]` for a motion file, as float32 .npy (+ preview)."""
+    import numpy as np
+    import torch
+
+    from models.body_model import load_body_model
+    from models.noise_warp import degrade
+    from pipelines.articulated_noise import NoiseConfig, build_motion_operator, preview_frames
+    from pipelines.config import validate_config
+    from pipelines.motion_io import load_motion
+    from pipelines.video_io import write_video
+
+    config = validate_config(
+        NoiseConfig,
+        {
+            "num_frames": args.frames,
+            "height": args.height,
+            "width": args.width,
+            "channels": args.channels,
+            "texture_size": args.texture_size,
+            "rule": args.rule,
+        },
+        source="noise options",
+    )
+    device = _device(args.device)
+    motion = load_motion(args.motion)
+    body = load_body_model(args.smpl_model, args.smpl_uv)
+    operator, render = build_motion_operator(motion, body, config, device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    noise = operator.sample(generator, config.channels)
+    if args.gamma > 0:
+        noise = degrade(noise, torch.randn(noise.shape, generator=generator, device=device), args.gamma)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, noise.cpu().numpy().astype(np.float32))
+    if args.preview:
+        write_video(args.preview, preview_frames(render, noise, (config.height, config.width)), motion.fps / 4)
+    print(json.dumps({"out": str(args.out), "shape": list(noise.shape), "preview": str(args.preview or "")}))
+
+
+def cmd_motion_demo(args: argparse.Namespace) -> None:
+    """Write the procedural demo motions (walk, arm swings, turn) as .npz motion files."""
+    from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
+    from pipelines.motion_io import save_motion
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_MOTIONS:
+        save_motion(args.out / f"{name}.npz", make_demo_motion(name, args.frames))
+    print(json.dumps({"out": str(args.out), "motions": sorted(DEMO_MOTIONS)}))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    """Run the preprocessing job (local Ray unless RAY_ADDRESS names a cluster)."""
+    from ray_jobs import preprocess
+
+    preprocess.main(["--config", str(args.config)] + (["--output-dir", str(args.out)] if args.out else []))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The embedded default: demo motions -> articulated-noise operators and previews on a local Ray."""
+    from pipelines.config import load_config
+    from pipelines.noise_items import MotionNoiseJobConfig
+    from ray_jobs import preprocess
+    from ray_jobs.common import init_ray
+
+    motions = args.out / "motions"
+    cmd_motion_demo(argparse.Namespace(out=motions, frames=args.frames))
+    config = load_config(MotionNoiseJobConfig, DEMO_CONFIG, {"input_dir": motions, "output_dir": args.out / "noise"})
+    init_ray()
+    counts = preprocess.run(config)
+    print(json.dumps({**counts, "previews": str(config.output_dir / "previews")}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="humanim", description="Human image animation on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    noise = commands.add_parser("noise", help=cmd_noise.__doc__)
+    noise.add_argument("--motion", type=Path, required=True, help="motion file (.npz or .json)")
+    noise.add_argument("--frames", type=int, default=49, help="video frames, 4k+1 (default 49)")
+    noise.add_argument("--height", type=int, default=480)
+    noise.add_argument("--width", type=int, default=720)
+    noise.add_argument("--channels", type=int, default=16, help="latent channels (16 for CogVideoX and Wan)")
+    noise.add_argument("--texture-size", type=int, default=256, help="side of the UV noise texture")
+    noise.add_argument("--rule", choices=("aggregate", "nearest"), default="aggregate")
+    noise.add_argument("--gamma", type=float, default=0.0, help="noise degradation level in [0, 1]")
+    noise.add_argument("--seed", type=int, default=0)
+    noise.add_argument("--out", type=Path, required=True, help="output .npy, float32 [F_lat, C, h, w]")
+    noise.add_argument("--preview", type=Path, help="optional MP4: UV map | noise channels 0-2")
+    noise.add_argument("--smpl-model", type=Path, help="SMPL model .npz (default: generated template)")
+    noise.add_argument("--smpl-uv", type=Path, help="UV layout (.obj/.npz) for a real SMPL model")
+    noise.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    noise.set_defaults(func=cmd_noise)
+
+    motion = commands.add_parser("motion", help="motion-file utilities")
+    motion_commands = motion.add_subparsers(dest="motion_command", required=True)
+    motion_demo = motion_commands.add_parser("demo", help=cmd_motion_demo.__doc__)
+    motion_demo.add_argument("--out", type=Path, required=True, help="folder for the .npz files")
+    motion_demo.add_argument("--frames", type=int, default=161)
+    motion_demo.set_defaults(func=cmd_motion_demo)
+
+    preprocess = commands.add_parser("preprocess", help=cmd_preprocess.__doc__)
+    preprocess.add_argument("--config", type=Path, required=True)
+    preprocess.add_argument("--out", type=Path, help="override output_dir")
+    preprocess.set_defaults(func=cmd_preprocess)
+
+    demo = commands.add_parser("demo", help=cmd_demo.__doc__)
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.add_argument("--frames", type=int, default=161, help="frames per demo motion")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"humanim {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
