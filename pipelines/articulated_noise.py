@@ -70,6 +70,7 @@ class NoiseRender:
     mask: torch.Tensor  # [B, Hr, Wr] bool
     face_id: torch.Tensor  # [B, Hr, Wr] int64, -1 on background
     bary: torch.Tensor  # [B, Hr, Wr, 3]
+    depth: torch.Tensor  # [B, Hr, Wr] camera z of the visible surface
     vertices: torch.Tensor  # [B, V, 3] camera frame
     intrinsics: torch.Tensor  # [B, 3, 3] for the render size
 
@@ -117,7 +118,15 @@ def render_motion(
     fragments = rasterize(vertices, body.faces, intrinsics, (render_h, render_w), cull_backfaces=True)
     uv, mask = uv_map(fragments, body.uv_coords, body.uv_faces)
     return NoiseRender(
-        frames, latent_frames.to(device), uv, mask, fragments.face_id, fragments.bary, vertices, intrinsics
+        frame_indices=frames,
+        latent_frames=latent_frames.to(device),
+        uv=uv,
+        mask=mask,
+        face_id=fragments.face_id,
+        bary=fragments.bary,
+        depth=fragments.depth,
+        vertices=vertices,
+        intrinsics=intrinsics,
     )
 
 
