@@ -1,0 +1,19 @@
+"""Backbone adapters: one class per video diffusion family, loaded from a local diffusers-format folder."""
+
+from .base import BackboneAdapter, Conditioning
+from .cogvideox import CogVideoXAdapter
+from .config import BackboneConfig, LoraSettings, TinySettings, VariantSpec, build_adapter, load_backbone_config
+from .wan import WanAdapter
+
+__all__ = [
+    "BackboneAdapter",
+    "BackboneConfig",
+    "CogVideoXAdapter",
+    "Conditioning",
+    "LoraSettings",
+    "TinySettings",
+    "VariantSpec",
+    "WanAdapter",
+    "build_adapter",
+    "load_backbone_config",
+]

@@ -1,0 +1,349 @@
+"""The backbone-agnostic adapter interface over a diffusers image-to-video pipeline.
+
+Inside the project latents are `[B, F_lat, C, h, w]` (CogVideoX order) and pixels are in [-1, 1]: videos
+`[B, F, 3, H, W]`, images `[B, 3, H, W]`. Adapters convert to their backbone's layout at this boundary.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .config import VARIANTS, BackboneConfig
+
+
+@dataclass
+class Conditioning:
+    """Everything besides the noisy latents that the transformer is conditioned on, batched."""
+
+    image_latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+
+    def negative(self) -> Conditioning:
+        """The same conditioning with the negative (or empty) prompt, for classifier-free guidance."""
+        if self.negative_prompt_embeds is None:
+            raise ValueError("negative_prompt_embeds: encode with a negative_prompt ('' for the empty prompt) first")
+        return replace(self, prompt_embeds=self.negative_prompt_embeds, negative_prompt_embeds=None)
+
+
+def model_files(subfolder: str, what: str) -> dict[str, str]:
+    """Files a diffusers/transformers model subfolder must hold, as pattern -> description."""
+    return {f"{subfolder}/config.json": f"the {what} config", f"{subfolder}/*.safetensors": f"the {what} weights"}
+
+
+class BackboneAdapter(ABC):
+    """One backbone family: its latent layout, frame rule, conditioning, noise schedule and LoRA targets."""
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[type[DiffusionPipeline]]
+    prediction_type: ClassVar[str]
+    # Pattern (alternatives joined by "|") -> what belongs there, relative to the model folder.
+    required_files: ClassVar[dict[str, str]]
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Components kept in float32 whatever the configured dtype.
+    float32_components: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, pipeline: DiffusionPipeline, config: BackboneConfig, device: str | torch.device = "cpu"):
+        if config.family != self.family:
+            raise ValueError(f"family: {type(self).__name__} builds {self.family!r} backbones, got {config.family!r}")
+        self.config = config
+        self.spec = config.spec
+        self.pipeline = pipeline.to(device)
+        for component in pipeline.components.values():
+            if isinstance(component, nn.Module):
+                component.eval()
+        fixed = self.fixed_resolution
+        if fixed is not None and config.resolution not in (None, fixed):
+            raise ValueError(
+                f"resolution: this {self.spec.name} transformer has learned positional embeddings for {fixed}; "
+                f"got {config.resolution}"
+            )
+        self.resolution: tuple[int, int] = config.resolution or fixed or self.spec.default_resolution
+        self.num_frames: int = config.num_frames or self.spec.default_num_frames
+
+    # Construction
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
+        """Load `config.path`, or build the seeded tiny random model when `config.tiny` is set."""
+        if config.tiny is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.tiny.seed)
+                components = cls._tiny_components(config)
+            for name, component in components.items():
+                dtype = torch.float32 if name in cls.float32_components else config.torch_dtype
+                if isinstance(component, nn.Module) and component.dtype != dtype:
+                    component.to(dtype)
+        else:
+            cls.check_folder(config.path, config.variant)
+            components = cls._load_components(Path(config.path), config)
+        return cls(cls.pipeline_class(**components), config, device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        variant: str,
+        *,
+        dtype: str | torch.dtype = "bfloat16",
+        device: str | torch.device = "cpu",
+        **settings: Any,
+    ) -> BackboneAdapter:
+        """Load a local diffusers-format folder (never the hub); `settings` are further `BackboneConfig` fields."""
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        config = BackboneConfig(family=cls.family, variant=variant, path=folder, dtype=dtype, **settings)
+        return cls.from_config(config, device=device)
+
+    @classmethod
+    def check_folder(cls, folder: str | Path, variant: str) -> None:
+        """Raise FileNotFoundError listing every required file missing from `folder`, and what belongs there."""
+        folder = Path(folder)
+        missing = [
+            f"  {pattern.replace('|', ' or ')}  ({what})"
+            for pattern, what in cls.required_files.items()
+            if not any(any(folder.glob(p)) for p in pattern.split("|"))
+        ]
+        if not missing:
+            return
+        source = VARIANTS[cls.family][variant].source
+        state = "does not exist" if not folder.is_dir() else "is incomplete"
+        raise FileNotFoundError(
+            f"Backbone folder '{folder}' {state}; missing:\n" + "\n".join(missing) + "\n"
+            f"Put the diffusers-format {source} there (nothing is downloaded at run time)."
+        )
+
+    @classmethod
+    @abstractmethod
+    def _load_components(cls, folder: Path, config: BackboneConfig) -> dict[str, Any]:
+        """The pipeline components, loaded from `folder` with `local_files_only=True`."""
+
+    @classmethod
+    @abstractmethod
+    def _tiny_components(cls, config: BackboneConfig) -> dict[str, Any]:
+        """Tiny random-weight pipeline components (called under the config's seed)."""
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write every component in diffusers format, loadable by `from_pretrained`."""
+        self.pipeline.save_pretrained(folder)
+
+    # Components
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self.pipeline.transformer
+
+    @property
+    def vae(self) -> nn.Module:
+        return self.pipeline.vae
+
+    @property
+    def scheduler(self) -> Any:
+        """The sampling scheduler."""
+        return self.pipeline.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    # Frames and latents
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.pipeline.vae_scale_factor_spatial
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.pipeline.vae_scale_factor_temporal
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.out_channels
+
+    @property
+    def fixed_resolution(self) -> tuple[int, int] | None:
+        """The only (height, width) the transformer accepts, if it has one."""
+        return None
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """Raise a ValueError naming the valid counts unless `num_frames` fits this variant."""
+        self.spec.check_num_frames(num_frames)
+
+    def latent_num_frames(self, num_frames: int) -> int:
+        self.check_num_frames(num_frames)
+        return (num_frames - 1) // self.temporal_factor + 1
+
+    def latent_shape(
+        self, num_frames: int | None = None, resolution: tuple[int, int] | None = None
+    ) -> tuple[int, int, int, int]:
+        """`(F_lat, C, h, w)` of one clip; defaults to the configured window and resolution."""
+        height, width = resolution or self.resolution
+        frames = self.latent_num_frames(num_frames or self.num_frames)
+        return frames, self.latent_channels, height // self.spatial_factor, width // self.spatial_factor
+
+    # Encoding
+
+    @abstractmethod
+    def encode_video(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Frames `[B, F, 3, H, W]` in [-1, 1] -> normalized latents `[B, F_lat, C, h, w]`."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `[B, F_lat, C, h, w]` -> frames `[B, F, 3, H, W]` in about [-1, 1]."""
+
+    @abstractmethod
+    def encode_image(
+        self, image: torch.Tensor, num_frames: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Reference image `[B, 3, H, W]` -> image-conditioning latents `[B, F_lat, C_img, h, w]`."""
+
+    def encode_image_embeds(self, image: torch.Tensor) -> torch.Tensor | None:
+        """Reference image -> the image-encoder embedding the transformer attends to (None when it has none)."""
+        return None
+
+    @property
+    @abstractmethod
+    def max_sequence_length(self) -> int:
+        """Text tokens per prompt."""
+
+    @torch.no_grad()
+    def encode_prompt(
+        self, prompt: str | list[str], negative_prompt: str | list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt embeddings, and negative ones when `negative_prompt` is given ('' is the empty prompt)."""
+        return self.pipeline.encode_prompt(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=negative_prompt is not None,
+            max_sequence_length=self.max_sequence_length,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def encode_conditioning(
+        self,
+        image: torch.Tensor,
+        prompt: str | list[str],
+        num_frames: int,
+        *,
+        negative_prompt: str | list[str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Conditioning:
+        """Everything `predict` needs besides the noisy latents, from a reference image and a prompt."""
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompt, negative_prompt)
+        return Conditioning(
+            image_latents=self.encode_image(image, num_frames, generator),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            image_embeds=self.encode_image_embeds(image),
+        )
+
+    # Denoising
+
+    @abstractmethod
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: Conditioning,
+        **transformer_kwargs: Any,
+    ) -> torch.Tensor:
+        """The transformer's raw output (`prediction_type`) for `[B, F_lat, C, h, w]` latents, in that layout."""
+
+    @abstractmethod
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training timesteps, one per sample, drawn from the family's training distribution."""
+
+    @abstractmethod
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Noisy latents at `timesteps` (forward process)."""
+
+    @abstractmethod
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What `predict` is trained to output for these clean latents and noise."""
+
+    @abstractmethod
+    def split_prediction(
+        self, noisy_latents: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(clean latents, noise)` implied by a prediction at `timesteps`."""
+
+    # LoRA
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return list(self.config.lora.targets or self.default_lora_targets)
+
+    def add_lora(self) -> None:
+        """Inject a fresh LoRA (rank, alpha, targets from the config; B starts at zero) into the transformer."""
+        lora = self.config.lora
+        self.transformer.add_adapter(
+            LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha or lora.rank,
+                target_modules=self.lora_targets,
+                init_lora_weights=True,
+            )
+        )
+
+    def save_lora(self, directory: str | Path) -> None:
+        """Save the active LoRA as `directory/pytorch_lora_weights.safetensors` with the pipeline class's
+        `save_lora_weights`, rank and alpha included; `load_lora` (i.e. `load_lora_weights`) reloads it."""
+        (name,) = self.transformer.active_adapters()
+        self.pipeline_class.save_lora_weights(
+            directory,
+            transformer_lora_layers=get_peft_model_state_dict(self.transformer, adapter_name=name),
+            transformer_lora_adapter_metadata=self.transformer.peft_config[name].to_dict(),
+            weight_name=LORA_WEIGHT_NAME_SAFE,
+        )
+
+    def load_lora(self, directory: str | Path) -> None:
+        """Load the LoRA that `save_lora` wrote into `directory` with the pipeline's `load_lora_weights`."""
+        self.pipeline.load_lora_weights(directory, weight_name=LORA_WEIGHT_NAME_SAFE)
+
+    # What PadaLN hooks into
+
+    @property
+    @abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The DiT blocks; each takes the video tokens as its first argument, `hidden_states`."""
+
+    @property
+    def hidden_size(self) -> int:
+        return self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
+
+    @property
+    @abstractmethod
+    def time_embedding_dim(self) -> int:
+        """Width of the time embedding that `watch_time_embedding` reports."""
+
+    @property
+    def patch_embed_channels(self) -> int:
+        """Input channels of the patch embedding (noisy latents plus image conditioning)."""
+        return self.transformer.config.in_channels
+
+    @abstractmethod
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """`[B, F_lat, patch_embed_channels, h, w]` -> tokens `[B, N, hidden_size]` through the transformer's own
+        patch embedding, aligned with the video tokens its blocks see."""
+
+    @abstractmethod
+    def watch_time_embedding(self, callback: Callable[[torch.Tensor], None]) -> RemovableHandle:
+        """Call `callback` with the `[B, time_embedding_dim]` time embedding on every transformer forward."""

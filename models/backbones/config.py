@@ -1,0 +1,186 @@
+"""Backbone configuration: what to load (a diffusers-format folder or a tiny random model) and how to adapt it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from .base import BackboneAdapter
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Static facts about one released model of a backbone family."""
+
+    name: str
+    source: str
+    frame_period: int
+    frame_rule: str
+    default_num_frames: int
+    default_resolution: tuple[int, int]
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """Raise a ValueError saying which frame counts are valid unless `num_frames` is one of them."""
+        if num_frames < 1 or (num_frames - 1) % self.frame_period:
+            raise ValueError(
+                f"{self.name} needs {self.frame_rule}, e.g. {self.default_num_frames}; got {num_frames}"
+            )
+
+
+VARIANTS: dict[str, dict[str, VariantSpec]] = {
+    "cogvideox": {
+        # Latent frames (F-1)//4+1 must be odd: F = 8m+1.
+        "1.0": VariantSpec(
+            name="CogVideoX 1.0",
+            source="THUDM/CogVideoX-5b-I2V",
+            frame_period=8,
+            frame_rule="num_frames = 4k+1 with (num_frames-1)//4+1 odd",
+            default_num_frames=49,
+            default_resolution=(480, 720),
+        ),
+        "1.5": VariantSpec(
+            name="CogVideoX 1.5",
+            source="THUDM/CogVideoX1.5-5B-I2V",
+            frame_period=16,
+            frame_rule="num_frames = 16N+1",
+            default_num_frames=81,
+            default_resolution=(768, 1360),
+        ),
+    },
+    "wan": {
+        "2.1": VariantSpec(
+            name="Wan 2.1",
+            source="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+            frame_period=4,
+            frame_rule="num_frames = 4k+1",
+            default_num_frames=81,
+            default_resolution=(480, 832),
+        ),
+    },
+}
+
+SCHEDULERS: dict[str, tuple[str, ...]] = {"cogvideox": ("ddim", "dpm"), "wan": ("unipc", "flow_euler")}
+
+# Height and width must survive the VAE (8x) and the 2x2 patch embedding.
+RESOLUTION_MULTIPLE = 16
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoraSettings(BaseModel):
+    """LoRA on the transformer's attention projections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(64, gt=0)
+    alpha: float | None = Field(None, gt=0, description="None means alpha = rank")
+    targets: list[str] | None = Field(None, min_length=1, description="module names; None means the family default")
+
+
+class TinySettings(BaseModel):
+    """A random-weight model small enough for CPU tests; dicts override the family's tiny component configs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    transformer: dict[str, Any] = Field(default_factory=dict)
+    vae: dict[str, Any] = Field(default_factory=dict)
+    text_encoder: dict[str, Any] = Field(default_factory=dict)
+    image_encoder: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackboneConfig(BaseModel):
+    """Which backbone to build and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["cogvideox", "wan"]
+    variant: str
+    path: Path | None = Field(None, description="diffusers-format folder with the released weights")
+    tiny: TinySettings | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    resolution: tuple[int, int] | None = Field(None, description="(height, width) in pixels; None means the default")
+    num_frames: int | None = Field(None, description="training/sampling window; None means the default")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    scheduler: str | None = Field(None, description="sampling scheduler; None means the family default")
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _variant_of_family(cls, value: Any, info: ValidationInfo) -> str:
+        value = str(value)
+        family = info.data.get("family")
+        if family is not None and value not in VARIANTS[family]:
+            raise ValueError(f"variant {value!r} is not a {family} variant; choose one of {sorted(VARIANTS[family])}")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_of_family(cls, value: str | None, info: ValidationInfo) -> str | None:
+        family = info.data.get("family")
+        if value is not None and family is not None and value not in SCHEDULERS[family]:
+            raise ValueError(f"scheduler {value!r} does not fit {family}; choose one of {list(SCHEDULERS[family])}")
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_multiple(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and any(side <= 0 or side % RESOLUTION_MULTIPLE for side in value):
+            raise ValueError(f"resolution {value} must be positive multiples of {RESOLUTION_MULTIPLE} (height, width)")
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frame_rule(cls, value: int | None, info: ValidationInfo) -> int | None:
+        spec = VARIANTS.get(info.data.get("family"), {}).get(info.data.get("variant"))
+        if value is not None and spec is not None:
+            try:
+                spec.check_num_frames(value)
+            except ValueError as err:
+                raise ValueError(f"num_frames: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BackboneConfig:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("path/tiny: set exactly one of `path` (a diffusers-format folder) or `tiny`")
+        if self.tiny is not None and self.tiny.image_encoder and self.family != "wan":
+            raise ValueError(f"tiny.image_encoder: {self.family} has no image encoder")
+        return self
+
+    @property
+    def spec(self) -> VariantSpec:
+        return VARIANTS[self.family][self.variant]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+def load_backbone_config(path: str | Path) -> BackboneConfig:
+    """Read and validate a backbone YAML file."""
+    with open(path) as f:
+        return BackboneConfig.model_validate(yaml.safe_load(f))
+
+
+_ADAPTERS: dict[str, type[BackboneAdapter]] = {}
+
+
+def register_adapter(family: str):
+    """Class decorator that makes `build_adapter` build `family` configs with the decorated class."""
+
+    def register(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
+        _ADAPTERS[family] = cls
+        return cls
+
+    return register
+
+
+def build_adapter(config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
+    """Build the adapter for `config.family` (the adapter modules register themselves on package import)."""
+    return _ADAPTERS[config.family].from_config(config, device=device)
