@@ -9,6 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
+DEFAULT_BACKBONE = REPO_ROOT / "configs" / "backbones" / "tiny-cogvideox.yaml"
 
 
 def _device(name: str) -> str:
@@ -91,6 +92,42 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(json.dumps({**counts, "previews": str(config.output_dir / "previews")}))
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Animate a reference image with a motion and/or a pose video; writes an MP4."""
+    import PIL.Image
+
+    from models.body_model import load_body_model
+    from pipelines.animation import AnimationPipeline
+
+    try:
+        with PIL.Image.open(args.image) as opened:
+            image = opened.copy()
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"image: {args.image} is not an image file PIL can read") from None
+    body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None
+    pipeline = AnimationPipeline.from_config(
+        args.backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body
+    )
+    output = pipeline(
+        image,
+        args.prompt,
+        motion=args.motion,
+        pose_video=args.pose_video,
+        negative_prompt=args.negative_prompt,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        gamma=args.gamma,
+        seed=args.seed,
+        articulated_noise=not args.no_articulated_noise,
+        long_video=args.long_video,
+        window_overlap=args.overlap,
+        output_path=args.out,
+    )
+    frames, height, width, _ = output.frames.shape
+    print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="humanim", description="Human image animation on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--config", type=Path, required=True)
     preprocess.add_argument("--out", type=Path, help="override output_dir")
     preprocess.set_defaults(func=cmd_preprocess)
+
+    generate = commands.add_parser("generate", help=cmd_generate.__doc__)
+    generate.add_argument("--image", type=Path, required=True, help="reference image (RGB or grayscale)")
+    generate.add_argument("--motion", type=Path, help="motion file (.npz or .json)")
+    generate.add_argument("--pose-video", type=Path, help="driving skeleton video (used with --padaln)")
+    generate.add_argument("--prompt", default="", help="caption of the video")
+    generate.add_argument("--negative-prompt", default="", help="classifier-free guidance against this ('' = empty)")
+    generate.add_argument("--out", type=Path, required=True, help="output MP4")
+    generate.add_argument(
+        "--backbone", type=Path, default=DEFAULT_BACKBONE, help="backbone YAML (default: tiny CogVideoX)"
+    )
+    generate.add_argument("--frames", type=int, help="video frames (default: as many as the motion/pose video allows)")
+    generate.add_argument("--steps", type=int, default=50, help="denoising steps")
+    generate.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
+    generate.add_argument("--gamma", type=float, default=0.5, help="articulated-noise degradation in [0, 1]")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")
+    generate.add_argument("--padaln", type=Path, help="folder with padaln.safetensors: pose control through PadaLN")
+    generate.add_argument("--lora", type=Path, help="folder with pytorch_lora_weights.safetensors")
+    generate.add_argument("--long-video", choices=("blend", "chain"), default="blend",
+                          help="beyond the backbone's window: blend overlapping windows, or chain chunks")
+    generate.add_argument("--overlap", type=int, help="latent frames shared by neighbouring windows (blend)")
+    generate.add_argument("--smpl-model", type=Path, help="SMPL model .npz (default: generated template)")
+    generate.add_argument("--smpl-uv", type=Path, help="UV layout (.obj/.npz) for a real SMPL model")
+    generate.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    generate.set_defaults(func=cmd_generate)
 
     demo = commands.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))

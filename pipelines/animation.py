@@ -1,0 +1,478 @@
+"""The animation (inference) pipeline: reference image + motion and/or pose video + prompt -> video.
+
+Input rules (each broken rule is a ValueError that starts with the field's name):
+- `image`: a PIL image or a uint8 array `[H, W, 3]`. RGB is taken as is and grayscale (mode L, or `[H, W]`)
+  is replicated to RGB; RGBA and other modes are refused, since what shows through transparency is the
+  caller's choice. An image of another size is resized (bicubic) to the output resolution when its aspect
+  ratio is within 1% of it, and refused otherwise: stretching or cropping the person is left to the caller.
+- `pose_video`: uint8 frames `[T, H, W, 3]` or a video file; resized like the image.
+- `motion`: a `Motion` or a motion file; validated against the motion contract (no NaN or inf).
+- `num_frames`: a count the backbone takes (its adapter's `check_num_frames`); by default the longest one
+  the driving input covers. Motion and pose video must have the same length when both are given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
+
+from models.backbones import BackboneAdapter, BackboneConfig, Conditioning, build_adapter, load_backbone_config
+from models.backbones.config import RESOLUTION_MULTIPLE
+from models.body_model import BodyModel, load_body_model
+from models.motion import Motion, motion_from_arrays
+from models.noise_warp import degrade
+from models.padaln import PadaLN
+from pipelines.articulated_noise import NoiseConfig, build_motion_operator
+from pipelines.config import validate_config
+from pipelines.long_video import Window, denoise_windows, plan_windows
+from pipelines.motion_io import load_motion
+from pipelines.pose_video import read_pose_video, render_pose_video
+from pipelines.video_io import write_video
+
+LongVideoMode = Literal["blend", "chain"]
+ProgressCallback = Callable[[int, int], None]
+DEFAULT_FPS = 16.0
+ASPECT_TOLERANCE = 0.01
+
+
+@dataclass
+class AnimationOutput:
+    """The generated video: uint8 frames `[T, H, W, 3]` and their frame rate."""
+
+    frames: np.ndarray
+    fps: float
+
+
+# Inputs
+
+
+def _resized(frames: np.ndarray, size: tuple[int, int], field: str) -> np.ndarray:
+    """uint8 `[..., h, w, 3]` at `size` (H, W): unchanged, resized (same aspect within 1%), or refused."""
+    height, width = frames.shape[-3:-1]
+    if (height, width) == size:
+        return frames
+    if abs(width * size[0] - height * size[1]) > ASPECT_TOLERANCE * height * size[1]:
+        raise ValueError(
+            f"{field}: size {height}x{width} (HxW) does not have the aspect ratio of the output resolution "
+            f"{size[0]}x{size[1]}; crop it to that aspect ratio first"
+        )
+    flat = frames.reshape(-1, height, width, 3)
+    resized = [np.asarray(PIL.Image.fromarray(f).resize(size[::-1], PIL.Image.Resampling.BICUBIC)) for f in flat]
+    return np.stack(resized).reshape(*frames.shape[:-3], *size, 3)
+
+
+def image_pixels(image: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The reference image as uint8 `[H, W, 3]` at `size`, by the rules in the module docstring."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode not in ("RGB", "L"):
+            raise ValueError(
+                f"image: mode {image.mode} is not accepted; pass RGB (L is converted), e.g. flatten RGBA onto a "
+                "background with Image.alpha_composite and .convert('RGB')"
+            )
+        image = np.asarray(image.convert("RGB"))
+    elif not isinstance(image, np.ndarray):
+        raise ValueError(f"image: expected a PIL image or a uint8 array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image: expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image: expected shape [H, W, 3] (RGB) or [H, W] (gray), got {list(image.shape)}")
+    return _resized(image, size, "image")
+
+
+def pose_video_pixels(pose_video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A pose video as uint8 `[T, H, W, 3]` at `size`."""
+    if not isinstance(pose_video, np.ndarray) or pose_video.dtype != np.uint8:
+        raise ValueError(f"pose_video: expected a uint8 array or a video file, got {type(pose_video).__name__}")
+    if pose_video.ndim != 4 or pose_video.shape[-1] != 3 or min(pose_video.shape[:3]) < 1:
+        raise ValueError(f"pose_video: expected shape [T, H, W, 3], got {list(pose_video.shape)}")
+    return _resized(pose_video, size, "pose_video")
+
+
+def to_model_pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 `[..., H, W, 3]` -> float `[..., 3, H, W]` in [-1, 1], mapped as diffusers maps a PIL image."""
+    pixels = torch.from_numpy(np.array(frames)).to(device).movedim(-1, -3)  # a copy: PIL arrays are read-only
+    return 2.0 * (pixels.float() / 255.0) - 1.0
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Decoded `[B, F, 3, H, W]` in about [-1, 1] -> uint8 `[F, H, W, 3]` of the first sample."""
+    return ((frames[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _number_in(field: str, value: float, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not low <= value <= high:
+        bounds = f"in [{low:g}, {high:g}]" if high < math.inf else f">= {low:g}"
+        raise ValueError(f"{field}: must be a number {bounds}, got {value!r}")
+    return float(value)
+
+
+def sampling_scheduler(adapter: BackboneAdapter) -> Any:
+    """A fresh deterministic scheduler for one generation: DDIM in place of CogVideoX's DPM option (which
+    adds noise at every step), else the adapter's own (CogVideoX DDIM, Wan UniPC or flow Euler)."""
+    scheduler = adapter.scheduler
+    kind = CogVideoXDDIMScheduler if isinstance(scheduler, CogVideoXDPMScheduler) else type(scheduler)
+    return kind.from_config(scheduler.config)
+
+
+def guidance_batch(conditioning: Conditioning) -> Conditioning:
+    """Negative then positive conditioning as one batch of 2, as diffusers batches classifier-free guidance."""
+    negative = conditioning.negative()
+    image_embeds = conditioning.image_embeds
+    return Conditioning(
+        image_latents=torch.cat([negative.image_latents, conditioning.image_latents]),
+        prompt_embeds=torch.cat([negative.prompt_embeds, conditioning.prompt_embeds]),
+        image_embeds=None if image_embeds is None else torch.cat([image_embeds, image_embeds]),
+    )
+
+
+@dataclass
+class _Request:
+    """Validated inputs of one generation."""
+
+    image: np.ndarray  # uint8 [H, W, 3]
+    motion: Motion | None
+    pose_video: np.ndarray | None  # uint8 [T, H, W, 3], first num_frames frames
+    num_frames: int
+    resolution: tuple[int, int]
+    fps: float
+    use_padaln: bool
+
+
+class AnimationPipeline:
+    """Human image animation on any backbone adapter, diffusers style: components in, `__call__` out.
+
+    Components: the backbone adapter (LoRA already loaded, if any), an optional PadaLN (attached to the
+    adapter here; untrained, it changes nothing) and the body model that articulated noise and pose renders
+    use (the generated SMPL template unless given).
+    """
+
+    def __init__(
+        self,
+        adapter: BackboneAdapter,
+        padaln: PadaLN | None = None,
+        body: BodyModel | None = None,
+        noise_options: dict[str, Any] | None = None,
+    ):
+        """`noise_options` are `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames)."""
+        self.adapter = adapter
+        self.padaln = None if padaln is None else padaln.attach(adapter)
+        self._body = body
+        self.noise_options = dict(noise_options or {})
+
+    @classmethod
+    def from_config(
+        cls,
+        backbone: str | Path | BackboneConfig,
+        *,
+        lora: str | Path | None = None,
+        padaln: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        body: BodyModel | None = None,
+        noise_options: dict[str, Any] | None = None,
+    ) -> AnimationPipeline:
+        """Build from a backbone YAML (or config), with LoRA and PadaLN weights read from their folders."""
+        config = backbone if isinstance(backbone, BackboneConfig) else load_backbone_config(backbone)
+        adapter = build_adapter(config, device=device)
+        if lora is not None:
+            # diffusers would look a missing folder up on the hub: refuse it here, nothing is downloaded.
+            if not (Path(lora) / LORA_WEIGHT_NAME_SAFE).is_file():
+                raise FileNotFoundError(f"lora: no {LORA_WEIGHT_NAME_SAFE} in {lora}; save_lora(directory) writes it")
+            adapter.load_lora(lora)
+        weights = None if padaln is None else PadaLN.load(padaln).to(adapter.device, adapter.dtype)
+        return cls(adapter, weights, body, noise_options)
+
+    @property
+    def body(self) -> BodyModel:
+        if self._body is None:
+            self._body = load_body_model()
+        return self._body
+
+    # Validation
+
+    def _resolution(self, resolution: tuple[int, int] | None) -> tuple[int, int]:
+        fixed = self.adapter.fixed_resolution
+        if resolution is None:
+            return self.adapter.resolution
+        resolution = tuple(int(side) for side in resolution)
+        if len(resolution) != 2 or any(side <= 0 or side % RESOLUTION_MULTIPLE for side in resolution):
+            raise ValueError(f"resolution: (height, width) must be positive multiples of {RESOLUTION_MULTIPLE}, "
+                             f"got {resolution}")
+        if fixed is not None and resolution != fixed:
+            raise ValueError(f"resolution: this backbone's positional embeddings fix it to {fixed}, got {resolution}")
+        return resolution
+
+    def _num_frames(self, requested: int | None, available: int) -> int:
+        def valid(count: int) -> bool:
+            try:
+                self.adapter.check_num_frames(count)
+            except ValueError:
+                return False
+            return True
+
+        if requested is None:
+            return next(count for count in range(available, 0, -1) if valid(count))
+        if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)):
+            raise ValueError(f"num_frames: must be an integer, got {requested!r}")
+        try:
+            self.adapter.check_num_frames(int(requested))
+        except ValueError as err:
+            raise ValueError(f"num_frames: {err}") from None
+        if requested > available:
+            raise ValueError(f"num_frames: {requested} requested but the driving input has only {available} frames")
+        return int(requested)
+
+    def _request(
+        self,
+        image: PIL.Image.Image | np.ndarray,
+        motion: Motion | str | Path | None,
+        pose_video: np.ndarray | str | Path | None,
+        num_frames: int | None,
+        resolution: tuple[int, int] | None,
+        fps: float | None,
+        articulated_noise: bool,
+        use_padaln: bool | None,
+    ) -> _Request:
+        if motion is None and pose_video is None:
+            raise ValueError("motion/pose_video: give a motion, a pose video, or both")
+        if articulated_noise and motion is None:
+            raise ValueError(
+                "motion: articulated noise is built from a motion; give one or set articulated_noise=False"
+            )
+        use_padaln = self.padaln is not None if use_padaln is None else use_padaln
+        if use_padaln and self.padaln is None:
+            raise ValueError("use_padaln: no PadaLN was given to this pipeline")
+        size = self._resolution(resolution)
+        video_fps = None
+        if isinstance(pose_video, (str, Path)):
+            pose_video, video_fps = read_pose_video(pose_video)
+        if pose_video is not None:
+            pose_video = pose_video_pixels(pose_video, size)
+        if isinstance(motion, (str, Path)):
+            motion = load_motion(motion)
+        elif motion is not None:
+            if not isinstance(motion, Motion):
+                raise ValueError(f"motion: expected a Motion or a motion file, got {type(motion).__name__}")
+            motion = motion_from_arrays(motion.to_arrays())  # re-check a Motion built by hand (NaN, shapes)
+        if motion is not None and pose_video is not None and motion.num_frames != len(pose_video):
+            raise ValueError(
+                f"pose_video: has {len(pose_video)} frames but the motion has {motion.num_frames}; "
+                "they drive the same video and must have the same length"
+            )
+        count = self._num_frames(num_frames, motion.num_frames if motion is not None else len(pose_video))
+        fps = fps or (motion.fps if motion is not None else video_fps) or DEFAULT_FPS
+        return _Request(
+            image=image_pixels(image, size),
+            motion=motion,
+            pose_video=None if pose_video is None else pose_video[:count],
+            num_frames=count,
+            resolution=size,
+            fps=_number_in("fps", fps, 1e-3),
+            use_padaln=use_padaln,
+        )
+
+    # Generation
+
+    def _initial_noise(
+        self, request: _Request, gamma: float, articulated: bool, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """`[1, F_lat, C, h, w]` float32: degraded articulated noise of the whole video, or i.i.d. noise."""
+        shape = self.adapter.latent_shape(request.num_frames, request.resolution)
+        device = generator.device if generator is not None else self.adapter.device
+        if not articulated:
+            noise = torch.randn(shape, generator=generator, device=device)
+        else:
+            # ONE operator over all frames (one texture): every window's noise is a slice of this sample.
+            config = validate_config(
+                NoiseConfig,
+                {
+                    **self.noise_options,
+                    "num_frames": request.num_frames,
+                    "height": request.resolution[0],
+                    "width": request.resolution[1],
+                    "channels": shape[1],
+                },
+                source="noise options",
+            )
+            operator, _ = build_motion_operator(request.motion, self.body, config, self.adapter.device)
+            warped = operator.to(device).sample(generator, shape[1])
+            noise = degrade(warped, torch.randn(warped.shape, generator=generator, device=device), gamma)
+        return noise[None].to(self.adapter.device, torch.float32)
+
+    def _pose_latents(
+        self, request: _Request, windows: list[Window], generator: torch.Generator | None
+    ) -> list[torch.Tensor | None]:
+        """Each window's VAE-encoded pose video (the motion's rendered skeletons when no video was given)."""
+        if not request.use_padaln:
+            return [None] * len(windows)
+        frames = request.pose_video
+        if frames is None:
+            frames = render_pose_video(request.motion, request.resolution, self.body, request.num_frames)
+        return [
+            self.adapter.encode_video(
+                to_model_pixels(frames[window.frames(self.adapter.temporal_factor)], self.adapter.device)[None],
+                generator,
+            )
+            for window in windows
+        ]
+
+    def _predict(
+        self, latents: torch.Tensor, t: torch.Tensor, conditioning: Conditioning, guidance_scale: float,
+        pose_latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The model output for one window, with classifier-free guidance when `guidance_scale` > 1."""
+        guided = guidance_scale > 1
+        model_input = torch.cat([latents, latents]) if guided else latents
+        pose = contextlib.nullcontext() if pose_latents is None else self.padaln.pose(pose_latents)
+        with pose:
+            output = self.adapter.predict(model_input, t, conditioning).float()
+        if not guided:
+            return output
+        uncond, cond = output.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def _conditioning(
+        self, image: np.ndarray, prompt: str, negative_prompt: str, num_frames: int, guided: bool,
+        generator: torch.Generator | None,
+    ) -> Conditioning:
+        pixels = to_model_pixels(image, self.adapter.device)[None]
+        conditioning = self.adapter.encode_conditioning(
+            pixels, prompt, num_frames, negative_prompt=negative_prompt if guided else None, generator=generator
+        )
+        return guidance_batch(conditioning) if guided else conditioning
+
+    def _with_image(
+        self, conditioning: Conditioning, image: np.ndarray, num_frames: int, generator: torch.Generator | None
+    ) -> Conditioning:
+        """The same prompts conditioned on another image (chaining: a previous chunk's frame)."""
+        pixels = to_model_pixels(image, self.adapter.device)[None]
+        batch = conditioning.prompt_embeds.shape[0]
+        image_embeds = self.adapter.encode_image_embeds(pixels)
+        return replace(
+            conditioning,
+            image_latents=self.adapter.encode_image(pixels, num_frames, generator).repeat(batch, 1, 1, 1, 1),
+            image_embeds=None if image_embeds is None else image_embeds.repeat(batch, 1, 1),
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | np.ndarray,
+        prompt: str = "",
+        motion: Motion | str | Path | None = None,
+        pose_video: np.ndarray | str | Path | None = None,
+        *,
+        negative_prompt: str = "",
+        num_frames: int | None = None,
+        resolution: tuple[int, int] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        gamma: float = 0.5,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        articulated_noise: bool = True,
+        use_padaln: bool | None = None,
+        long_video: LongVideoMode = "blend",
+        window_overlap: int | None = None,
+        fps: float | None = None,
+        output_path: str | Path | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> AnimationOutput:
+        """Animate `image` following `motion` and/or `pose_video`.
+
+        Args:
+            gamma: degradation of the articulated noise in [0, 1] (0: warped noise only, 1: fresh noise only).
+            guidance_scale: classifier-free guidance against `negative_prompt` ('' is the empty prompt);
+                1 turns it off.
+            seed / generator: one or the other (or neither, for torch's global generator); the same seed
+                gives the same video. Noise is drawn on the generator's device (CPU for a seed).
+            articulated_noise: start from the motion's degraded articulated noise instead of i.i.d. noise.
+            use_padaln: condition on the pose video through PadaLN (default: when a PadaLN was given); without
+                a pose video the motion's skeletons are rendered.
+            long_video: beyond the backbone's window, "blend" denoises overlapping windows together (each on
+                the reference image, predictions averaged at every step); "chain" generates one window after
+                another, each conditioned on the previous chunk's decoded frame where it starts.
+            window_overlap: latent frames shared by neighbouring windows ("blend"; "chain" shares 1).
+            callback: called after every denoising step with (steps done, total steps).
+            output_path: also write the video there as an MP4.
+        """
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise ValueError("prompt/negative_prompt: must be strings")
+        gamma = _number_in("gamma", gamma, 0.0, 1.0)
+        guidance_scale = _number_in("guidance_scale", guidance_scale, 1.0)
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")
+        if long_video not in ("blend", "chain"):
+            raise ValueError(f"long_video: must be 'blend' or 'chain', got {long_video!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("seed/generator: give one or the other")
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        request = self._request(
+            image, motion, pose_video, num_frames, resolution, fps, articulated_noise, use_padaln
+        )
+
+        temporal = self.adapter.temporal_factor
+        window = self.adapter.latent_num_frames(self.adapter.num_frames)
+        windows = plan_windows(
+            self.adapter.latent_num_frames(request.num_frames), window, 1 if long_video == "chain" else window_overlap
+        )
+        window_frames = (windows[0].num_latent_frames - 1) * temporal + 1
+        guided = guidance_scale > 1
+        # Random draws in a fixed order (noise, image, pose), so switching PadaLN on changes no earlier draw.
+        noise = self._initial_noise(request, gamma, articulated_noise, generator)
+        conditioning = self._conditioning(
+            request.image, prompt, negative_prompt, window_frames, guided, generator
+        )
+        pose_latents = self._pose_latents(request, windows, generator)
+
+        total = num_inference_steps * (len(windows) if long_video == "chain" else 1)
+        done = 0
+
+        def on_step() -> None:
+            nonlocal done
+            done += 1
+            if callback is not None:
+                callback(done, total)
+
+        def denoise(latents: torch.Tensor, plan: list[Window], conditioning: Conditioning,
+                    poses: list[torch.Tensor | None]) -> np.ndarray:
+            latents = denoise_windows(
+                latents, plan, sampling_scheduler(self.adapter), num_inference_steps,
+                lambda index, x, t: self._predict(x, t, conditioning, guidance_scale, poses[index]), on_step,
+            )
+            return to_uint8(self.adapter.decode_latents(self._checked(latents)))
+
+        if long_video == "blend":
+            frames = denoise(noise, windows, conditioning, pose_latents)
+        else:
+            frames = np.zeros((request.num_frames, *request.resolution, 3), dtype=np.uint8)
+            written = 0
+            for index, chunk in enumerate(windows):
+                span = chunk.frames(temporal)
+                if index > 0:  # the previous chunk's decoded frame where this one starts
+                    conditioning = self._with_image(conditioning, frames[span.start], window_frames, generator)
+                decoded = denoise(noise[:, chunk.start : chunk.stop], plan_windows(chunk.num_latent_frames, window),
+                                  conditioning, pose_latents[index : index + 1])
+                frames[written : span.stop] = decoded[written - span.start :]
+                written = span.stop
+        if output_path is not None:
+            write_video(output_path, frames, request.fps)
+        return AnimationOutput(frames=frames, fps=request.fps)
+
+    @staticmethod
+    def _checked(latents: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(latents).all()):
+            raise FloatingPointError("latents: denoising produced NaN or inf (float16 overflow? use bfloat16)")
+        return latents

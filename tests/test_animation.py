@@ -1,0 +1,221 @@
+"""The animation pipeline and `humanim generate` on tiny random-weight backbones at 32x32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from models.body_model import load_body_model
+from models.motion import Motion, MotionError
+from models.padaln import PadaLN
+from pipelines.animation import AnimationPipeline, to_uint8
+from pipelines.demo_motions import make_demo_motion
+from pipelines.motion_io import save_motion
+from pipelines.pose_video import read_pose_video, render_pose_video
+from pipelines.video_io import write_video
+from ray_jobs.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, which stall when the CI machine's 2 cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def body():
+    return load_body_model()
+
+
+@pytest.fixture(scope="module")
+def pipeline(body):
+    return AnimationPipeline.from_config(CONFIGS / "tiny-cogvideox.yaml", body=body, noise_options={"texture_size": 64})
+
+
+@pytest.fixture(scope="module")
+def motion() -> Motion:
+    return make_demo_motion("walk", 161)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def generate(pipeline, image, motion, **options) -> np.ndarray:
+    settings = {"num_frames": 49, "num_inference_steps": 1, "guidance_scale": 2.0, "seed": 0, **options}
+    return pipeline(image, "a person walking", motion, **settings).frames
+
+
+@pytest.mark.parametrize("frames", [49, 81, 161])
+def test_output_has_the_requested_frames(pipeline, image, motion, frames):
+    progress = []
+    video = generate(pipeline, image, motion, num_frames=frames, num_inference_steps=2,
+                     callback=lambda done, total: progress.append((done, total)))
+    assert video.shape == (frames, 32, 32, 3) and video.dtype == np.uint8
+    assert progress == [(1, 2), (2, 2)]
+
+
+def test_seed_decides_the_video(pipeline, image, motion):
+    first = generate(pipeline, image, motion, seed=3)
+    assert np.array_equal(first, generate(pipeline, image, motion, seed=3))
+    assert not np.array_equal(first, generate(pipeline, image, motion, seed=4))
+    generator = torch.Generator().manual_seed(3)
+    assert np.array_equal(first, generate(pipeline, image, motion, seed=None, generator=generator))
+
+
+def test_articulated_noise_changes_the_video(pipeline, image, motion):
+    articulated = generate(pipeline, image, motion)
+    assert not np.array_equal(articulated, generate(pipeline, image, motion, articulated_noise=False))
+    assert not np.array_equal(articulated, generate(pipeline, image, motion, gamma=1.0))
+
+
+def test_untrained_padaln_gives_the_same_video_and_a_trained_one_follows_the_pose(pipeline, body, image, motion):
+    base = generate(pipeline, image, motion, num_frames=17)
+    padaln = PadaLN.for_adapter(pipeline.adapter)
+    posed = AnimationPipeline(pipeline.adapter, padaln, body, {"texture_size": 64})
+    try:
+        assert np.array_equal(generate(posed, image, motion, num_frames=17), base)
+        pose_video = render_pose_video(motion, (32, 32), body)
+        assert np.array_equal(generate(posed, image, motion, pose_video=pose_video, num_frames=17), base)
+        generator = torch.Generator().manual_seed(1)
+        for param in padaln.parameters():
+            param.data.normal_(0.0, 0.2, generator=generator)
+        assert not np.array_equal(generate(posed, image, motion, num_frames=17), base)
+        assert np.array_equal(generate(posed, image, motion, num_frames=17, use_padaln=False), base)
+    finally:
+        padaln.detach()
+
+
+def test_chaining_runs_and_equals_blending_within_one_window(pipeline, image, motion):
+    chained = generate(pipeline, image, motion, long_video="chain", num_frames=49)
+    assert chained.shape == (49, 32, 32, 3)
+    assert not np.array_equal(chained, generate(pipeline, image, motion, num_frames=49))
+    assert np.array_equal(generate(pipeline, image, motion, long_video="chain", num_frames=9),
+                          generate(pipeline, image, motion, num_frames=9))
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-wan"])
+def test_one_window_equals_the_diffusers_pipeline(body, image, name):
+    """Within one window our sampling is diffusers' own: DDIM (CogVideoX) and multistep UniPC (Wan), with CFG."""
+    pipeline = AnimationPipeline.from_config(CONFIGS / f"{name}.yaml", body=body)
+    adapter = pipeline.adapter
+    frames = adapter.num_frames
+    ours = pipeline(image, "a person", pose_video=np.zeros((frames, 32, 32, 3), np.uint8), articulated_noise=False,
+                    num_inference_steps=3, guidance_scale=2.0, seed=5).frames
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(1, *adapter.latent_shape(frames), generator=generator)
+    common = dict(image=PIL.Image.fromarray(image), prompt="a person", negative_prompt="", guidance_scale=2.0,
+                  num_frames=frames, height=32, width=32, num_inference_steps=3, output_type="latent",
+                  generator=generator)
+    with torch.no_grad():
+        if adapter.family == "wan":
+            latents = adapter.pipeline(latents=noise.permute(0, 2, 1, 3, 4), **common).frames.permute(0, 2, 1, 3, 4)
+        else:
+            latents = adapter.pipeline(latents=noise, max_sequence_length=adapter.max_sequence_length, **common).frames
+        theirs = to_uint8(adapter.decode_latents(latents))
+    assert np.array_equal(ours, theirs)
+
+
+def test_wan_long_video_blends_and_chains(body, image, motion):
+    pipeline = AnimationPipeline.from_config(CONFIGS / "tiny-wan.yaml", body=body, noise_options={"texture_size": 64})
+    for mode in ("blend", "chain"):
+        video = generate(pipeline, image, motion, num_frames=21, num_inference_steps=2, long_video=mode)
+        assert video.shape == (21, 32, 32, 3)
+
+
+def test_images_of_the_same_aspect_are_resized_and_gray_is_converted(pipeline, image, motion):
+    large = np.asarray(PIL.Image.fromarray(image).resize((64, 64)))
+    assert generate(pipeline, large, motion, num_frames=9).shape == (9, 32, 32, 3)
+    gray = PIL.Image.fromarray(image).convert("L")
+    assert generate(pipeline, gray, motion, num_frames=9).shape == (9, 32, 32, 3)
+
+
+def nan_motion(motion: Motion) -> Motion:
+    transl = motion.transl.copy()
+    transl[3, 0] = np.nan
+    return Motion(motion.global_orient, motion.body_pose, motion.betas, transl, motion.K, motion.image_size,
+                  motion.fps)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"image": PIL.Image.new("RGBA", (32, 32))}, "image: mode RGBA"),
+        ({"image": np.zeros((32, 32, 4), np.uint8)}, "image: expected shape"),
+        ({"image": np.zeros((32, 32, 3), np.float32)}, "image: expected uint8"),
+        ({"image": np.zeros((32, 48, 3), np.uint8)}, "image: size 32x48"),
+        ({"num_frames": 50}, "num_frames: CogVideoX 1.0 needs"),
+        ({"num_frames": 45}, "num_frames: CogVideoX 1.0 needs"),
+        ({"num_frames": 321}, "num_frames: 321 requested"),
+        ({"pose_video": np.zeros((49, 32, 32, 3), np.uint8)}, "pose_video: has 49 frames but the motion has 161"),
+        ({"pose_video": np.zeros((161, 32, 32), np.uint8)}, "pose_video: expected shape"),
+        ({"gamma": 1.5}, "gamma: must be a number in"),
+        ({"gamma": -0.1}, "gamma: must be a number in"),
+        ({"gamma": float("nan")}, "gamma: must be a number in"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"motion": None}, "motion/pose_video: give a motion, a pose video, or both"),
+        ({"motion": None, "pose_video": np.zeros((9, 32, 32, 3), np.uint8)}, "motion: articulated noise"),
+        ({"use_padaln": True}, "use_padaln: no PadaLN"),
+        ({"resolution": (64, 64)}, "resolution: this backbone's positional embeddings"),
+        ({"generator": torch.Generator()}, "seed/generator"),
+        ({"long_video": "loop"}, "long_video"),
+        ({"window_overlap": 3}, "window_overlap"),
+    ],
+)
+def test_bad_inputs_name_the_field(pipeline, image, motion, change, field):
+    inputs = {"image": image, "motion": motion, **change}
+    with pytest.raises(ValueError) as err:
+        generate(pipeline, inputs.pop("image"), inputs.pop("motion"), **inputs)
+    assert field in str(err.value)
+
+
+def test_nan_in_a_motion_is_refused(pipeline, image, motion):
+    with pytest.raises(MotionError, match="'transl' contains NaN"):
+        generate(pipeline, image, nan_motion(motion))
+
+
+def test_generate_command_writes_the_requested_frames(tmp_path, body, image, capsys):
+    motion_path = tmp_path / "walk.npz"
+    save_motion(motion_path, make_demo_motion("walk", 33))
+    PIL.Image.fromarray(image).save(tmp_path / "person.png")
+    common = ["generate", "--image", str(tmp_path / "person.png"), "--prompt", "a person walking", "--steps", "1"]
+    main([*common, "--motion", str(motion_path), "--frames", "25", "--out", str(tmp_path / "out.mp4")])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["frames"] == 25
+    frames, fps = read_pose_video(tmp_path / "out.mp4")
+    assert frames.shape == (25, 32, 32, 3) and fps == 24
+
+    # Pose control from a skeleton video file with PadaLN and LoRA weights, no motion, i.i.d. noise.
+    adapter = AnimationPipeline.from_config(CONFIGS / "tiny-cogvideox.yaml").adapter
+    PadaLN.for_adapter(adapter).save(tmp_path / "pl")
+    adapter.add_lora()
+    adapter.save_lora(tmp_path / "lora")
+    write_video(tmp_path / "pose.mp4", render_pose_video(make_demo_motion("walk", 17), (32, 32), body), fps=12)
+    main([*common, "--pose-video", str(tmp_path / "pose.mp4"), "--padaln", str(tmp_path / "pl"),
+          "--lora", str(tmp_path / "lora"), "--no-articulated-noise", "--out", str(tmp_path / "posed.mp4")])
+    frames, fps = read_pose_video(tmp_path / "posed.mp4")
+    assert frames.shape == (17, 32, 32, 3) and fps == 12
+
+    with pytest.raises(SystemExit):
+        main([*common, "--motion", str(motion_path), "--lora", str(tmp_path / "none"),
+              "--out", str(tmp_path / "x.mp4")])
+    assert "lora: no pytorch_lora_weights.safetensors" in capsys.readouterr().err
+
+    PIL.Image.new("RGBA", (32, 32)).save(tmp_path / "alpha.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--image", str(tmp_path / "alpha.png"), "--motion", str(motion_path),
+              "--out", str(tmp_path / "x.mp4")])
+    assert exit_info.value.code == 2
+    assert "image: mode RGBA" in capsys.readouterr().err
