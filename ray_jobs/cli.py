@@ -9,6 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
+DEMO_BACKBONE = REPO_ROOT / "configs" / "demo" / "tiny-cogvideox-demo.yaml"
 DEFAULT_BACKBONE = REPO_ROOT / "configs" / "backbones" / "tiny-cogvideox.yaml"
 
 
@@ -78,8 +79,14 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The embedded default: demo motions -> articulated-noise operators and previews on a local Ray."""
+    """The embedded default: demo motions -> articulated-noise operators and previews on a local Ray,
+    then one video per motion from the tiny random-weight backbone (the full generation path)."""
+    from models.body_model import load_body_model
+    from pipelines.animation import AnimationPipeline
     from pipelines.config import load_config
+    from pipelines.demo_motions import DEMO_MOTIONS
+    from pipelines.demo_reference import render_reference_image
+    from pipelines.motion_io import load_motion
     from pipelines.noise_items import MotionNoiseJobConfig
     from ray_jobs import preprocess
     from ray_jobs.common import init_ray
@@ -89,7 +96,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = load_config(MotionNoiseJobConfig, DEMO_CONFIG, {"input_dir": motions, "output_dir": args.out / "noise"})
     init_ray()
     counts = preprocess.run(config)
-    print(json.dumps({**counts, "previews": str(config.output_dir / "previews")}))
+
+    body = load_body_model()
+    pipeline = AnimationPipeline.from_config(DEMO_BACKBONE, body=body)
+    videos = {}
+    for name in sorted(DEMO_MOTIONS):
+        motion = load_motion(motions / f"{name}.npz")
+        image = render_reference_image(motion, body, pipeline.adapter.resolution)
+        videos[name] = str(args.out / "videos" / f"{name}.mp4")
+        pipeline(
+            image,
+            f"a person, {name.replace('_', ' ')}",
+            motion=motion,
+            num_frames=args.video_frames,
+            num_inference_steps=args.steps,
+            seed=0,
+            output_path=videos[name],
+        )
+    print(json.dumps({**counts, "previews": str(config.output_dir / "previews"), "videos": videos}))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -190,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--frames", type=int, default=161, help="frames per demo motion")
+    demo.add_argument("--video-frames", type=int, default=97, help="frames per demo video (49-frame windows)")
+    demo.add_argument("--steps", type=int, default=10, help="denoising steps per demo video")
     demo.set_defaults(func=cmd_demo)
     return parser
 

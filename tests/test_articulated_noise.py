@@ -113,3 +113,15 @@ def test_motion_demo_command(tmp_path, capsys) -> None:
     cli(["motion", "demo", "--out", str(tmp_path), "--frames", "13"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arm_swings.npz", "turn.npz", "walk.npz"]
     assert json.loads(capsys.readouterr().out)["motions"] == ["arm_swings", "turn", "walk"]
+
+
+def test_demo_reference_image_shows_the_posed_body(body) -> None:
+    from pipelines.demo_reference import BACKGROUND, render_reference_image
+
+    motion = make_demo_motion("arm_swings", 9)
+    image = render_reference_image(motion, body, (96, 144))
+    _, render = build_motion_operator(motion, body, NoiseConfig(num_frames=1, height=96, width=144, supersample=8, texture_size=64))
+    background = np.round(np.array(BACKGROUND) * 255).astype(np.uint8)
+    is_background = (image == background).all(-1)
+    assert image.shape == (96, 144, 3) and image.dtype == np.uint8
+    assert np.array_equal(~is_background, render.mask[0].numpy())  # body exactly where the renderer puts it
