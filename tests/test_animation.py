@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import CONFIGS
 
 from models.body_model import load_body_model
 from models.motion import Motion, MotionError
@@ -19,17 +19,6 @@ from pipelines.motion_io import save_motion
 from pipelines.pose_video import read_pose_video, render_pose_video
 from pipelines.video_io import write_video
 from ray_jobs.cli import main
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which stall when the CI machine's 2 cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

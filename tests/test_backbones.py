@@ -8,6 +8,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from helpers import CONFIGS, TINY, tiny
 from pydantic import ValidationError
 
 from models.backbones import (
@@ -18,22 +19,6 @@ from models.backbones import (
     load_backbone_config,
 )
 from models.backbones.config import VARIANTS
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
-TINY = ["tiny-cogvideox", "tiny-cogvideox1.5", "tiny-wan"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which stall when the CI machine's 2 cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(name: str):
-    return build_adapter(load_backbone_config(CONFIGS / f"{name}.yaml"))
 
 
 def reference_image(batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -17,14 +17,6 @@ NOISE = NoiseConfig(num_frames=9, height=32, width=32, texture_size=32, supersam
 GAMMAS = [0.0, 0.5, 1 - 1e-7, 1.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def body():
     return load_body_model(detail=12)

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import TINY, tiny
 
-from models.backbones import build_adapter, load_backbone_config
 from models.padaln import PADALN_WEIGHTS_NAME, PadaLN, mask_reference
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
-TINY = ["tiny-cogvideox", "tiny-cogvideox1.5", "tiny-wan"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which stall when the CI machine's 2 cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(name: str):
-    return build_adapter(load_backbone_config(CONFIGS / f"{name}.yaml"))
 
 
 def inputs(adapter, seed: int = 0):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import CONFIGS, TINY
 
 from models.backbones import build_adapter, load_backbone_config
 from models.body_model import load_body_model
@@ -17,18 +16,7 @@ from pipelines.articulated_noise import NoiseConfig, build_motion_operator
 from pipelines.demo_motions import make_demo_motion
 from pipelines.training_step import draw_noise, make_training_batch, training_step
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
-TINY = ["tiny-cogvideox", "tiny-cogvideox1.5", "tiny-wan"]
 MOTIONS = ["walk", "turn"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which stall when the CI machine's 2 cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
