@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONFIGS, TINY
+from helpers import TINY, tiny
 
-from models.backbones import build_adapter, load_backbone_config
 from models.body_model import load_body_model
 from models.losses import LossConfig
 from models.motion_decoder import MotionDecoder
@@ -36,7 +35,7 @@ def motions():
 
 def trainable_adapter(name: str):
     """A tiny adapter with a frozen transformer carrying a fresh LoRA."""
-    adapter = build_adapter(load_backbone_config(CONFIGS / f"{name}.yaml"))
+    adapter = tiny(name)
     adapter.transformer.requires_grad_(False)
     adapter.add_lora()
     return adapter
