@@ -1,23 +1,157 @@
-"""Ray Data job: a folder of motion files -> warp-operator rows (Parquet), previews and failures.
+"""Ray Data preprocessing: videos -> training rows, or a folder of motion files -> warp-operator rows.
 
-On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.preprocess --config C.yaml`;
-locally the same command starts its own Ray. Every item ends in exactly one of `operators/` or
-`failures/`; `summary.json` checks items in = written + failed.
+On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.preprocess --config C.yaml`; locally the
+same command starts its own Ray. A config with `videos:` runs the video job (pipelines/training_rows.py: probe
+as tasks, then pose, decode, render, encode and write, each its own actor pool, streamed with backpressure); a
+config with `input_dir:` runs the motion-folder job. Every item ends written or failed, and `summary.json` says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import ray
 import ray.data
+import yaml
 
-from pipelines.noise_items import MotionNoiseJobConfig, MotionNoiseWorker, list_motion_files, rows_to_table
 from pipelines.config import load_config, write_resolved_config
+from pipelines.manifest import list_videos
+from pipelines.noise_items import (
+    MotionNoiseJobConfig,
+    MotionNoiseWorker,
+    list_motion_files,
+    rows_to_table,
+)
+from pipelines.training_rows import (
+    SUMMARY_NAME,
+    DecodeStage,
+    EncodeStage,
+    PoseStage,
+    ProbeStage,
+    RenderStage,
+    RowStore,
+    StageResources,
+    Tally,
+    TaskResources,
+    VideoJobConfig,
+    WriteStage,
+)
 from ray_jobs.common import init_ray
+
+log = logging.getLogger("humanim.preprocess")
+MAX_INPUT_BLOCKS = 1024
+
+
+# The video job
+
+
+class _StageActor:
+    """Ray Data actor around one stage of pipelines/training_rows.py, built once per actor."""
+
+    def __init__(self, stage: type, threads: int, *args: Any) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.stage = stage(*args)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+def _run_task(batch: pa.Table, stage: type, *args: Any) -> pa.Table:
+    """Ray Data task for a light stage: built per call."""
+    return stage(*args)(batch)
+
+
+def _device(resources: StageResources) -> str:
+    return "cuda" if resources.num_gpus > 0 else "cpu"
+
+
+def _actor_stage(data: ray.data.Dataset, stage: type, resources: StageResources, args: tuple) -> ray.data.Dataset:
+    return data.map_batches(
+        _StageActor,
+        fn_constructor_args=(stage, max(1, int(resources.num_cpus)), *args),
+        batch_size=resources.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(
+            min_size=resources.workers, max_size=resources.max_workers or resources.workers
+        ),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+    )
+
+
+def _task_stage(data: ray.data.Dataset, stage: type, resources: TaskResources, args: tuple) -> ray.data.Dataset:
+    return data.map_batches(
+        _run_task,
+        fn_args=(stage, *args),
+        batch_size=resources.batch_size,
+        batch_format="pyarrow",
+        num_cpus=resources.num_cpus,
+    )
+
+
+Stage = Callable[[ray.data.Dataset], ray.data.Dataset]
+
+
+def video_stages(config: VideoJobConfig, written: frozenset[str]) -> list[tuple[str, Stage]]:
+    """The job's stages in order, each a Dataset -> Dataset step with its own resources."""
+    res = config.resources
+    return [
+        ("probe", partial(_task_stage, stage=ProbeStage, resources=res.probe, args=(config, written))),
+        ("pose", partial(_actor_stage, stage=PoseStage, resources=res.pose, args=(config,))),
+        ("decode", partial(_actor_stage, stage=DecodeStage, resources=res.decode, args=(config,))),
+        ("render", partial(_actor_stage, stage=RenderStage, resources=res.render, args=(config, _device(res.render)))),
+        ("encode", partial(_actor_stage, stage=EncodeStage, resources=res.encode, args=(config, _device(res.encode)))),
+        ("write", partial(_actor_stage, stage=WriteStage, resources=res.write, args=(config,))),
+    ]
+
+
+def video_items(items: list[dict[str, Any]]) -> ray.data.Dataset:
+    """The job's input, in up to MAX_INPUT_BLOCKS blocks so the probe tasks spread over the cluster."""
+    return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
+
+
+def video_pipeline(config: VideoJobConfig, items: list[dict[str, Any]], written: frozenset[str]) -> ray.data.Dataset:
+    """The streaming dataset of clip outcomes (clip keys, status, stage, error) for `items`."""
+    data = video_items(items)
+    for _, stage in video_stages(config, written):
+        data = stage(data)
+    return data
+
+
+def run_videos(config: VideoJobConfig) -> dict[str, Any]:
+    """Training rows for every clip of `config.videos` not written yet; returns the run's summary."""
+    items = [item.as_dict() for item in list_videos(config.videos)]
+    store = RowStore(config.output_dir)
+    written = store.start_run(config)
+    tally = Tally()
+    last_log = time.monotonic()
+    if items:
+        for outcomes in video_pipeline(config, items, written).iter_batches(batch_size=None, batch_format="pyarrow"):
+            tally.add(outcomes)
+            if time.monotonic() - last_log >= config.progress_interval_s:
+                log.info(tally.progress_line())
+                last_log = time.monotonic()
+    store.write_failures(tally.failures_table())
+    lost = sorted({item["video_id"] for item in items} - tally.video_ids)
+    if lost:
+        raise RuntimeError(f"lost videos: no clip of {lost} was written, failed or skipped")
+    summary = tally.summary(len(items))
+    store.write_text(SUMMARY_NAME, json.dumps(summary, indent=2))
+    log.info(tally.progress_line())
+    return summary
+
+
+# The motion-folder job
 
 
 class _NoiseActor:
@@ -59,20 +193,29 @@ def run(config: MotionNoiseJobConfig) -> dict[str, int]:
         failed.drop_columns(["indptr", "indices", "values"]).write_parquet(str(output / "failures"))
     if counts["written"] + counts["failed"] != counts["items"]:
         raise RuntimeError(f"lost items: {counts}")
-    (output / "summary.json").write_text(json.dumps(counts, indent=2))
+    (output / SUMMARY_NAME).write_text(json.dumps(counts, indent=2))
     return counts
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="YAML job config (configs/preprocess/)")
-    parser.add_argument("--input-dir", type=Path, help="override input_dir")
-    parser.add_argument("--output-dir", type=Path, help="override output_dir")
+    parser.add_argument("--input-dir", type=Path, help="override the input (input_dir, or videos for the video job)")
+    parser.add_argument("--output-dir", help="override output_dir")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("input_dir", args.input_dir), ("output_dir", args.output_dir)) if v}
-    config = load_config(MotionNoiseJobConfig, args.config, overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    is_video_job = _is_video_config(args.config)
+    input_key = "videos" if is_video_job else "input_dir"
+    overrides = {key: value for key, value in ((input_key, args.input_dir), ("output_dir", args.output_dir)) if value}
+    config = load_config(VideoJobConfig if is_video_job else MotionNoiseJobConfig, args.config, overrides)
     init_ray()
-    print(json.dumps(run(config)))
+    print(json.dumps(run_videos(config) if is_video_job else run(config)))
+
+
+def _is_video_config(path: Path) -> bool:
+    """A config with `videos:` is the video job's; anything else is left to the motion-folder job's validation."""
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return isinstance(data, dict) and "videos" in data
 
 
 if __name__ == "__main__":

@@ -1,0 +1,733 @@
+"""Training rows from videos: the per-clip stages of the preprocessing job, the row schema and the row store.
+
+A clip travels between stages as one row of `STREAM_SCHEMA`: its keys, a status ("ok"; "failed" with the stage
+and reason; or "skipped" because its row is already written) and its state, an uncompressed .npz (never a
+pickle) of the arrays the stages so far produced. A stage works on "ok" clips only and catches every error per
+clip, so a broken video costs one failure row and never the run; failed and skipped clips pass through the later
+stages untouched. Each stage is a callable class on a pyarrow batch, so Ray Data can run it as an actor pool:
+
+    probe   video items -> clips: decord probe, resample to the target fps, cut (a video that cannot be
+            decoded is one failed clip); clips whose rows are already written are marked skipped
+    pose    the clip's motion from its sidecars or a keypoint estimator and an SMPL fit (pipelines/pose_sources.py)
+    decode  frames at native size, person crop (mask, else keypoints/motion, else centre), resize;
+            the motion's intrinsics and keypoints follow the crop
+    render  warp operator, motion-decoder targets and the 2D skeleton video, from the cropped motion
+    encode  VAE latents of the clip, its first frame and the skeleton video; caption embeddings (batched)
+    write   training rows -> one Parquet file per batch under <output>/rows/
+
+The output folder (a local path or any pyarrow filesystem URI, e.g. s3://bucket/prefix) holds `rows/`,
+`failures/failures.parquet` (the failures of the latest run only: a rerun retries every clip without a row),
+`config.resolved.yaml` and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute
+import pyarrow.dataset
+import pyarrow.fs
+import pyarrow.parquet as pq
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.body_model import load_body_model
+from models.motion import Motion, motion_from_arrays
+from models.motion_decoder import UPSCALE, motion_targets
+from models.noise_warp import WarpOperator
+from pipelines.articulated_noise import NoiseConfig, build_motion_operator
+from pipelines.clips import (
+    ClipConfig,
+    centre_box,
+    clip_id,
+    crop_frames,
+    crop_motion,
+    decode_frames,
+    keypoint_bounds,
+    load_mask,
+    mask_bounds,
+    person_box,
+    probe_video,
+    sample_clips,
+)
+from pipelines.config import RESOLVED_CONFIG_NAME
+from pipelines.noise_items import OPERATOR_SCHEMA, BodyConfig, _list_column, failure_row
+from pipelines.pose_sources import PoseOptions, clip_motion
+from pipelines.pose_video import motion_keypoints, render_pose_video
+
+if TYPE_CHECKING:
+    from models.backbones import BackboneAdapter, BackboneConfig
+    from pipelines.training_step import TrainingBatch
+
+ROWS_DIR = "rows"
+FAILURES_DIR = "failures"
+SUMMARY_NAME = "summary.json"
+# Config sections that change what a row holds: a rerun into the same output must not change them.
+ROW_SECTIONS = ("backbone", "clips", "noise", "body", "pose", "text")
+
+# Stored as `<name>` (fixed-size list of float32) plus `<name>_shape` (its shape, list of int32).
+TENSOR_COLUMNS = (
+    "video_latents",  # [F_lat, C, h, w]
+    "image_latents",  # the adapter's image conditioning, e.g. [F_lat, C_img, h, w]
+    "image_embeds",  # image-encoder tokens [N, D] (Wan only)
+    "text_embeds",  # caption embedding [L, D] (absent when text: caption, to embed on the fly)
+    "pose_latents",  # skeleton video latents [F_lat, C, h, w]
+    "motion_targets",  # motion-decoder targets [F_lat, 3, 4h, 4w]: u, v, body fraction
+)
+OPERATOR_COLUMNS = ("indptr", "indices", "values", "latent_shape", "texture_size", "num_background")
+ROW_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("video_id", pa.string()),
+        ("source_path", pa.string()),
+        ("frame_indices", pa.list_(pa.int32())),  # source frames of the clip
+        ("fps", pa.float64()),  # frame rate of the clip
+        ("caption", pa.string()),
+        ("crop_box", pa.list_(pa.int32())),  # x0, y0, width, height in source pixels
+        ("crop_source", pa.string()),  # mask, keypoints or centre
+        *(OPERATOR_SCHEMA.field(name) for name in OPERATOR_COLUMNS),
+    ]
+)
+STREAM_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("video_id", pa.string()),
+        ("source_path", pa.string()),
+        ("status", pa.string()),  # ok, failed or skipped
+        ("stage", pa.string()),
+        ("error", pa.string()),
+        ("state", pa.large_binary()),
+    ]
+)
+FAILURE_SCHEMA = pa.schema(
+    [STREAM_SCHEMA.field(name) for name in ("clip_id", "video_id", "source_path", "stage", "error")]
+)
+
+
+# Configuration
+
+
+class StageResources(BaseModel):
+    """One stage's actor pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(1, ge=1, description="actors in the pool")
+    max_workers: int | None = Field(None, ge=1, description="let the pool grow to this many actors")
+    num_cpus: float = Field(1.0, gt=0, description="per actor")
+    num_gpus: float = Field(0.0, ge=0, description="per actor; fractions share a GPU; 0 runs on the CPU")
+    batch_size: int = Field(1, ge=1, description="clips per call")
+
+
+class TaskResources(BaseModel):
+    """A light stage run as Ray tasks (nothing to load once per worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.25, gt=0, description="per task")
+    batch_size: int = Field(4, ge=1, description="items per call")
+
+
+class JobResources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    probe: TaskResources = TaskResources()
+    pose: StageResources = StageResources()
+    decode: StageResources = StageResources()
+    render: StageResources = StageResources()
+    encode: StageResources = StageResources(batch_size=4)
+    write: StageResources = StageResources(num_cpus=0.25, batch_size=8)
+
+
+class CaptionConfig(BaseModel):
+    """Captions of videos without a caption sidecar: a local captioning model, else `default`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: Path | None = Field(None, description="folder of a transformers image-text-to-text model")
+    prompt: str = "Describe the person in this image and what they are doing, in one sentence."
+    max_new_tokens: int = Field(48, ge=1)
+    default: str = ""
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "config.json").is_file():
+            raise ValueError(
+                f"captioning model folder '{value}' is missing or incomplete (no config.json); put a transformers "
+                "image-text-to-text model there (config, weights, processor), or unset captions.model_path"
+            )
+        return value
+
+
+class VideoJobConfig(BaseModel):
+    """The video job: a folder or manifest of videos -> training rows under `output_dir`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    videos: Path = Field(description="a folder of videos, or a .parquet/.jsonl/.csv manifest")
+    output_dir: str = Field(description="a local path or a pyarrow filesystem URI (file://, s3://, gs://, ...)")
+    backbone: dict[str, Any] = Field(description="a backbone YAML path or the config itself (see backbone_config)")
+    clips: ClipConfig = ClipConfig()
+    noise: NoiseConfig = Field(NoiseConfig(), description="num_frames, height and width follow the backbone")
+    body: BodyConfig = BodyConfig()
+    pose: PoseOptions = Field(default_factory=PoseOptions, description="how clips without a motion sidecar get one")
+    text: Literal["embed", "caption"] = Field("embed", description="store caption embeddings, or only the caption")
+    captions: CaptionConfig = CaptionConfig()
+    seed: int = 0
+    resources: JobResources = JobResources()
+    progress_interval_s: float = Field(10.0, gt=0)
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _backbone(cls, value: Any) -> dict[str, Any]:
+        from models.backbones import BackboneConfig, load_backbone_config
+
+        config = load_backbone_config(value) if isinstance(value, (str, Path)) else BackboneConfig.model_validate(value)
+        return config.model_dump(mode="json")
+
+    def backbone_config(self) -> BackboneConfig:
+        """The validated backbone config. Kept as a mapping in this config (and diffusers imported only here and
+        where a backbone is built) so that the actors of the CPU stages start without importing diffusers."""
+        from models.backbones import BackboneConfig
+
+        return BackboneConfig.model_validate(self.backbone)
+
+    @model_validator(mode="after")
+    def _noise_follows_backbone(self) -> VideoJobConfig:
+        backbone = self.backbone_config()
+        frames = backbone.num_frames or backbone.spec.default_num_frames
+        height, width = backbone.resolution or backbone.spec.default_resolution
+        wanted = {"num_frames": frames, "height": height, "width": width}
+        given = {key: getattr(self.noise, key) for key in wanted if key in self.noise.model_fields_set}
+        clash = {key: value for key, value in given.items() if value != wanted[key]}
+        if clash:
+            raise ValueError(f"noise: {clash} differ from the backbone's {wanted}; leave them out")
+        if self.noise.supersample % UPSCALE:
+            raise ValueError(
+                f"noise.supersample must be a multiple of {UPSCALE} for the motion-decoder targets, "
+                f"got {self.noise.supersample}"
+            )
+        self.noise = NoiseConfig.model_validate({**self.noise.model_dump(), **wanted})
+        return self
+
+    @property
+    def num_frames(self) -> int:
+        return self.noise.num_frames
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.noise.height, self.noise.width
+
+
+# Clips in flight
+
+
+@dataclass
+class Clip:
+    """A clip between stages: its keys, status and state (numpy arrays by name)."""
+
+    clip_id: str
+    video_id: str
+    source_path: str
+    status: str = "ok"
+    stage: str | None = None
+    error: str | None = None
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def fail(self, stage: str, error: BaseException) -> None:
+        """Record why the clip failed and drop its state."""
+        self.status, self.stage, self.state = "failed", stage, {}
+        self.error = failure_row(self.source_path, stage, error)["error"]
+
+
+def pack_state(state: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)
+    return buffer.getvalue()
+
+
+def unpack_state(payload: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def clips_to_table(clips: list[Clip]) -> pa.Table:
+    columns = {name: [getattr(clip, name) for clip in clips] for name in STREAM_SCHEMA.names[:-1]}
+    columns["state"] = [pack_state(clip.state) if clip.status == "ok" else None for clip in clips]
+    return pa.Table.from_pydict(columns, schema=STREAM_SCHEMA)
+
+
+def clips_from_table(table: pa.Table) -> list[Clip]:
+    clips = []
+    for row in table.to_pylist():
+        payload = row.pop("state")
+        clips.append(Clip(**row, state={} if payload is None else unpack_state(payload)))
+    return clips
+
+
+def _put_motion(state: dict[str, np.ndarray], motion: Motion) -> None:
+    for key in [key for key in state if key.startswith("motion.")]:
+        del state[key]
+    state.update({f"motion.{key}": value for key, value in motion.to_arrays().items()})
+
+
+def _get_motion(state: dict[str, np.ndarray]) -> Motion:
+    prefix = "motion."
+    return motion_from_arrays({key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)})
+
+
+def _text(state: dict[str, np.ndarray], key: str) -> str | None:
+    return str(state[key]) if key in state else None
+
+
+class ClipStage:
+    """A stage that updates each "ok" clip's state in place; an error fails that clip alone."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: VideoJobConfig) -> None:
+        self.config = config
+
+    def process(self, clip: Clip) -> None:
+        raise NotImplementedError
+
+    def run(self, clips: list[Clip]) -> None:
+        for clip in clips:
+            if clip.status == "ok":
+                try:
+                    self.process(clip)
+                except Exception as err:  # noqa: BLE001 - a failure row, never a lost clip or a stopped job
+                    clip.fail(self.name, err)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        clips = clips_from_table(batch)
+        self.run(clips)
+        return clips_to_table(clips)
+
+
+# Stages
+
+
+class ProbeStage:
+    """Video items (`VideoItem.as_dict()` rows) -> clips; clips already written come out as skipped."""
+
+    name = "probe"
+
+    def __init__(self, config: VideoJobConfig, written: frozenset[str] = frozenset()) -> None:
+        self.config = config
+        self.written = written
+
+    def clips(self, item: dict[str, Any]) -> list[Clip]:
+        try:
+            info = probe_video(item["video"])
+            indices = sample_clips(info, self.config.num_frames, self.config.clips)
+        except Exception as err:  # noqa: BLE001 - the whole video counts as one failed clip
+            clip = Clip(clip_id(item["video_id"], 0), item["video_id"], item["video"])
+            clip.fail(self.name, err)
+            return [clip]
+        sidecars = {key: np.array(item[key]) for key in ("motion", "keypoints", "mask", "caption") if item.get(key)}
+        clips = []
+        for frames in indices:
+            clip = Clip(clip_id(item["video_id"], int(frames[0])), item["video_id"], item["video"])
+            if clip.clip_id in self.written:
+                clip.status = "skipped"
+            else:
+                clip.state = {
+                    **sidecars,
+                    "frame_indices": frames,
+                    "fps": np.array(self.config.clips.fps or info.fps),
+                    "video_frames": np.array(info.num_frames),
+                    "video_size": np.array([info.height, info.width]),
+                }
+            clips.append(clip)
+        return clips
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return clips_to_table([clip for item in batch.to_pylist() for clip in self.clips(item)])
+
+
+class PoseStage(ClipStage):
+    """The clip's motion, in the video's pixels, from its pose sources."""
+
+    name = "pose"
+
+    def __init__(self, config: VideoJobConfig) -> None:
+        super().__init__(config)
+        self.body = load_body_model(config.body.model_path, config.body.uv_path)
+
+    def process(self, clip: Clip) -> None:
+        state = clip.state
+        motion = clip_motion(
+            video=clip.source_path,
+            frame_indices=state["frame_indices"],
+            video_frames=int(state["video_frames"]),
+            image_size=tuple(int(v) for v in state["video_size"]),
+            fps=float(state["fps"]),
+            motion=_text(state, "motion"),
+            keypoints=_text(state, "keypoints"),
+            body=self.body,
+            **self.config.pose.model_dump(),
+        )
+        _put_motion(state, motion)
+
+
+class DecodeStage(ClipStage):
+    """Decode the clip's frames at native size, crop around the person, resize to the backbone's resolution."""
+
+    name = "decode"
+
+    def __init__(self, config: VideoJobConfig) -> None:
+        super().__init__(config)
+        self.body = load_body_model(config.body.model_path, config.body.uv_path)
+
+    def crop(self, clip: Clip, motion: Motion, video_size: tuple[int, int]) -> tuple[Any, str]:
+        """The crop box and what it came from: the mask sidecar, the motion's keypoints, or the centre."""
+        config, state = self.config, clip.state
+        if config.clips.crop == "centre":
+            return centre_box(video_size, config.size), "centre"
+        if "mask" in state:
+            masks = load_mask(_text(state, "mask"), state["frame_indices"], video_size, int(state["video_frames"]))
+            return person_box(mask_bounds(masks), video_size, config.size, config.clips.margin), "mask"
+        keypoints = motion_keypoints(motion, video_size, self.body, motion.num_frames)
+        bounds = keypoint_bounds(keypoints, video_size, config.clips.keypoint_threshold)
+        return person_box(bounds, video_size, config.size, config.clips.margin), "keypoints"
+
+    def process(self, clip: Clip) -> None:
+        state = clip.state
+        video_size = tuple(int(v) for v in state["video_size"])
+        motion = _get_motion(state)
+        box, source = self.crop(clip, motion, video_size)
+        frames = decode_frames(clip.source_path, state["frame_indices"])
+        state.update(
+            frames=crop_frames(frames, box, self.config.size),
+            crop_box=np.array(box.as_list()),
+            crop_source=np.array(source),
+        )
+        _put_motion(state, crop_motion(motion, box, self.config.size, video_size))
+
+
+class RenderStage(ClipStage):
+    """Warp operator, motion-decoder targets and skeleton video of the cropped motion."""
+
+    name = "render"
+
+    def __init__(self, config: VideoJobConfig, device: str = "cpu") -> None:
+        super().__init__(config)
+        self.device = device
+        self.body = load_body_model(config.body.model_path, config.body.uv_path).to(device)
+
+    def process(self, clip: Clip) -> None:
+        config = self.config
+        motion = _get_motion(clip.state)
+        operator, render = build_motion_operator(motion, self.body, config.noise, self.device)
+        num_latent, height, width = config.noise.latent_shape
+        targets = motion_targets(
+            render.uv, render.mask, render.latent_frames, num_latent, (UPSCALE * height, UPSCALE * width)
+        )
+        arrays = operator.to_arrays()
+        clip.state.update(
+            arrays,
+            motion_targets=targets.cpu().numpy().astype(np.float32),
+            pose_frames=render_pose_video(motion, config.size, self.body, config.num_frames),
+        )
+
+
+class Captioner:
+    """Captions an image with a local transformers image-text-to-text model."""
+
+    def __init__(self, config: CaptionConfig, device: str) -> None:
+        from transformers import pipeline
+
+        self.config = config
+        self.pipeline = pipeline("image-text-to-text", model=str(config.model_path), device=device)
+
+    def __call__(self, image: np.ndarray) -> str:
+        import PIL.Image
+
+        content = [{"type": "image", "image": PIL.Image.fromarray(image)}, {"type": "text", "text": self.config.prompt}]
+        messages = [{"role": "user", "content": content}]
+        output = self.pipeline(text=messages, max_new_tokens=self.config.max_new_tokens, return_full_text=False)
+        return str(output[0]["generated_text"]).strip()
+
+
+def _pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 `[..., H, W, 3]` -> float `[..., 3, H, W]` in [-1, 1]."""
+    from pipelines.animation import to_model_pixels
+
+    return to_model_pixels(frames, device)
+
+
+class EncodeStage(ClipStage):
+    """VAE latents and caption embeddings of a batch of clips, with the backbone adapter built once."""
+
+    name = "encode"
+
+    def __init__(self, config: VideoJobConfig, device: str = "cpu") -> None:
+        from models.backbones import build_adapter
+
+        super().__init__(config)
+        self.adapter = build_adapter(config.backbone_config(), device)
+        self.captioner = Captioner(config.captions, device) if config.captions.model_path else None
+
+    def caption(self, clip: Clip) -> str:
+        known = _text(clip.state, "caption")
+        if known is not None:
+            return known
+        if self.captioner is not None:
+            return self.captioner(clip.state["frames"][0])
+        return self.config.captions.default
+
+    @torch.no_grad()
+    def encode(self, clips: list[Clip]) -> None:
+        adapter, config = self.adapter, self.config
+        generator = torch.Generator(adapter.device).manual_seed(config.seed)
+        captions = [self.caption(clip) for clip in clips]
+        video = _pixels(np.stack([clip.state["frames"] for clip in clips]), adapter.device)
+        skeletons = _pixels(np.stack([clip.state["pose_frames"] for clip in clips]), adapter.device)
+        encoded = {
+            "video_latents": adapter.encode_video(video, generator),
+            "image_latents": adapter.encode_image(video[:, 0], config.num_frames, generator),
+            "image_embeds": adapter.encode_image_embeds(video[:, 0]),
+            "pose_latents": adapter.encode_video(skeletons, generator),
+            "text_embeds": adapter.encode_prompt(captions)[0] if config.text == "embed" else None,
+        }
+        for index, clip in enumerate(clips):
+            for key in ("frames", "pose_frames"):
+                del clip.state[key]
+            clip.state["caption"] = np.array(captions[index])
+            for key, value in encoded.items():
+                if value is not None:
+                    clip.state[key] = value[index].float().cpu().numpy()
+
+    def run(self, clips: list[Clip]) -> None:
+        ready = [clip for clip in clips if clip.status == "ok"]
+        if not ready:
+            return
+        try:
+            self.encode(ready)
+        except Exception:  # noqa: BLE001 - retry one by one so only the clips at fault fail
+            for clip in ready:
+                try:
+                    self.encode([clip])
+                except Exception as err:  # noqa: BLE001
+                    clip.fail(self.name, err)
+
+
+class WriteStage:
+    """Writes the batch's "ok" clips as one Parquet file of training rows; returns every clip's outcome (no state)."""
+
+    name = "write"
+
+    def __init__(self, config: VideoJobConfig) -> None:
+        self.store = RowStore(config.output_dir)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        clips = clips_from_table(batch)
+        ready = [clip for clip in clips if clip.status == "ok"]
+        if ready:
+            try:
+                self.store.write_rows(rows_table(ready))
+            except Exception as err:  # noqa: BLE001
+                for clip in ready:
+                    clip.fail(self.name, err)
+        return clips_to_table(clips).drop_columns(["state"])
+
+
+# Rows
+
+
+def _tensor_column(arrays: list[np.ndarray]) -> pa.FixedSizeListArray:
+    flat = np.stack([np.asarray(array, dtype=np.float32) for array in arrays]).reshape(len(arrays), -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+def rows_table(clips: list[Clip]) -> pa.Table:
+    """Training rows of encoded clips: `ROW_SCHEMA`, then each tensor of `TENSOR_COLUMNS` the clips have."""
+    states = [clip.state for clip in clips]
+    keys = {"clip_id": [c.clip_id for c in clips], "video_id": [c.video_id for c in clips]}
+    keys["source_path"] = [c.source_path for c in clips]
+    arrays = []
+    for field_ in ROW_SCHEMA:
+        if field_.name in keys:
+            arrays.append(pa.array(keys[field_.name], field_.type))
+        elif pa.types.is_list(field_.type) or pa.types.is_large_list(field_.type):
+            arrays.append(_list_column([state[field_.name] for state in states], field_.type))
+        else:
+            values = [state[field_.name].item() for state in states]
+            arrays.append(pa.array(values, field_.type))
+    fields = list(ROW_SCHEMA)
+    for name in TENSOR_COLUMNS:
+        if name in states[0]:
+            column = _tensor_column([state[name] for state in states])
+            shapes = _list_column([np.array(state[name].shape) for state in states], pa.list_(pa.int32()))
+            arrays += [column, shapes]
+            fields += [pa.field(name, column.type), pa.field(f"{name}_shape", pa.list_(pa.int32()))]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def row_tensor(table: pa.Table, name: str) -> np.ndarray:
+    """A tensor column of training rows as one float32 array `[rows, *shape]`."""
+    shapes = {tuple(shape) for shape in table.column(f"{name}_shape").to_pylist()}
+    if len(shapes) != 1:
+        raise ValueError(f"{name}: rows of different shapes {sorted(shapes)} cannot be batched")
+    flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(table), *shapes.pop())
+
+
+def row_operator(table: pa.Table, index: int, device: torch.device | str = "cpu") -> WarpOperator:
+    """The warp operator of row `index`."""
+    arrays = {}
+    for name in OPERATOR_COLUMNS:
+        cell = table.column(name)[index]
+        is_list = name != "num_background"
+        arrays[name] = cell.values.to_numpy(zero_copy_only=False, writable=True) if is_list else cell.as_py()
+    return WarpOperator.from_arrays(arrays, device)
+
+
+def training_batch(
+    table: pa.Table, adapter: BackboneAdapter | None = None, device: torch.device | str = "cpu"
+) -> TrainingBatch:
+    """A `TrainingBatch` from training rows read back from Parquet. Rows stored without text embeddings
+    (`text: caption`) have their captions embedded now, which needs the `adapter`."""
+    from models.backbones import Conditioning
+    from pipelines.training_step import TrainingBatch
+
+    names = set(table.column_names)
+
+    def tensor(name: str) -> torch.Tensor | None:
+        return torch.tensor(row_tensor(table, name), device=device) if name in names else None
+
+    prompt_embeds = tensor("text_embeds")
+    if prompt_embeds is None:
+        if adapter is None:
+            raise ValueError("text_embeds: the rows hold captions only; pass the backbone adapter to embed them")
+        prompt_embeds = adapter.encode_prompt(table.column("caption").to_pylist())[0].to(device)
+    return TrainingBatch(
+        latents=tensor("video_latents"),
+        conditioning=Conditioning(
+            image_latents=tensor("image_latents"), prompt_embeds=prompt_embeds, image_embeds=tensor("image_embeds")
+        ),
+        operators=[row_operator(table, index, device) for index in range(len(table))],
+        motion_targets=tensor("motion_targets"),
+        pose_latents=tensor("pose_latents"),
+    )
+
+
+# Output
+
+
+class RowStore:
+    """The job's output folder on any pyarrow filesystem: training rows, failures, config and summary."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.filesystem, self.root = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+        self.root = self.root.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _exists(self, *parts: str) -> bool:
+        return self.filesystem.get_file_info(self.path(*parts)).type != pyarrow.fs.FileType.NotFound
+
+    def read_text(self, name: str) -> str | None:
+        if not self._exists(name):
+            return None
+        with self.filesystem.open_input_stream(self.path(name)) as stream:
+            return stream.read().decode()
+
+    def write_text(self, name: str, text: str) -> None:
+        self.filesystem.create_dir(self.root, recursive=True)
+        with self.filesystem.open_output_stream(self.path(name)) as stream:
+            stream.write(text.encode())
+
+    def written_clip_ids(self) -> frozenset[str]:
+        """Clip ids of every row written so far (files whose names start with '_' or '.' are unfinished)."""
+        if not self._exists(ROWS_DIR):
+            return frozenset()
+        dataset = pyarrow.dataset.dataset(self.path(ROWS_DIR), filesystem=self.filesystem, format="parquet")
+        return frozenset(dataset.to_table(columns=["clip_id"]).column("clip_id").to_pylist())
+
+    def write_rows(self, table: pa.Table) -> str:
+        """One Parquet file of rows, written under a temporary name and then moved into place."""
+        self.filesystem.create_dir(self.path(ROWS_DIR), recursive=True)
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        temporary = self.path(ROWS_DIR, f"_{name}")
+        pq.write_table(table, temporary, filesystem=self.filesystem)
+        self.filesystem.move(temporary, self.path(ROWS_DIR, name))
+        return self.path(ROWS_DIR, name)
+
+    def write_failures(self, table: pa.Table) -> None:
+        """This run's failures replace the previous run's."""
+        self.filesystem.create_dir(self.path(FAILURES_DIR), recursive=True)
+        self.filesystem.delete_dir_contents(self.path(FAILURES_DIR))
+        pq.write_table(table, self.path(FAILURES_DIR, "failures.parquet"), filesystem=self.filesystem)
+
+    def start_run(self, config: VideoJobConfig) -> frozenset[str]:
+        """Check a rerun keeps what rows hold, write the resolved config, and return the clips already written."""
+        resolved = config.model_dump(mode="json")
+        previous = yaml.safe_load(self.read_text(RESOLVED_CONFIG_NAME) or "null")
+        written = self.written_clip_ids()
+        if previous and written:
+            changed = [key for key in ROW_SECTIONS if previous.get(key) != resolved[key]]
+            if changed:
+                raise ValueError(
+                    f"output_dir {self.uri} holds rows made with a different config ({', '.join(changed)} changed); "
+                    "use a new output_dir, or restore those settings to resume"
+                )
+        self.write_text(RESOLVED_CONFIG_NAME, yaml.safe_dump(resolved, sort_keys=False))
+        return written
+
+
+@dataclass
+class Tally:
+    """Counts clip outcomes as the write stage reports them, and keeps the failures."""
+
+    started: float = field(default_factory=time.monotonic)
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0, "skipped": 0})
+    failures: list[pa.Table] = field(default_factory=list)
+    video_ids: set[str] = field(default_factory=set)
+
+    def add(self, outcomes: pa.Table) -> None:
+        for status in outcomes.column("status").to_pylist():
+            self.counts[status] += 1
+        self.video_ids.update(outcomes.column("video_id").to_pylist())
+        failed = outcomes.filter(pa.compute.equal(outcomes.column("status"), "failed"))
+        if len(failed):
+            self.failures.append(failed.select(FAILURE_SCHEMA.names))
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def rate(self) -> float:
+        """Clips per second (written or failed) since the start."""
+        return (self.counts["ok"] + self.counts["failed"]) / max(time.monotonic() - self.started, 1e-9)
+
+    def failures_table(self) -> pa.Table:
+        return pa.concat_tables([FAILURE_SCHEMA.empty_table(), *self.failures]).cast(FAILURE_SCHEMA)
+
+    def summary(self, videos: int) -> dict[str, Any]:
+        return {
+            "videos": videos,
+            "clips_planned": self.done,
+            "clips_written": self.counts["ok"],
+            "clips_failed": self.counts["failed"],
+            "clips_skipped": self.counts["skipped"],
+            "seconds": round(time.monotonic() - self.started, 2),
+            "clips_per_s": round(self.rate(), 4),
+        }
+
+    def progress_line(self) -> str:
+        c = self.counts
+        outcome = f"{c['ok']} written, {c['failed']} failed, {c['skipped']} skipped"
+        return f"{self.done} clips: {outcome}; {self.rate():.2f} clips/s"
