@@ -78,7 +78,7 @@ def failure_row(path: str, stage: str, error: BaseException) -> dict[str, Any]:
     return {"item_id": Path(path).stem, "source_path": path, "status": "failed", "stage": stage, "error": message}
 
 
-def _list_column(cells: list[np.ndarray | None], list_type: pa.DataType) -> pa.Array:
+def list_column(cells: list[np.ndarray | None], list_type: pa.DataType) -> pa.Array:
     """Numpy arrays as one Arrow list column without a per-element Python loop (None -> null)."""
     value_type = list_type.value_type.to_pandas_dtype()
     flat = [np.asarray(cell, dtype=value_type).reshape(-1) for cell in cells if cell is not None]
@@ -97,7 +97,7 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     for field in OPERATOR_SCHEMA:
         cells = [row.get(field.name) for row in rows]
         is_list = pa.types.is_list(field.type) or pa.types.is_large_list(field.type)
-        columns.append(_list_column(cells, field.type) if is_list else pa.array(cells, type=field.type))
+        columns.append(list_column(cells, field.type) if is_list else pa.array(cells, type=field.type))
     return pa.Table.from_arrays(columns, schema=OPERATOR_SCHEMA)
 
 

@@ -59,7 +59,7 @@ from pipelines.clips import (
     sample_clips,
 )
 from pipelines.config import RESOLVED_CONFIG_NAME
-from pipelines.noise_items import OPERATOR_SCHEMA, BodyConfig, _list_column, failure_row
+from pipelines.noise_items import OPERATOR_SCHEMA, BodyConfig, list_column, failure_row
 from pipelines.pose_sources import PoseOptions, clip_motion
 from pipelines.pose_video import motion_keypoints, render_pose_video
 
@@ -560,7 +560,7 @@ def rows_table(clips: list[Clip]) -> pa.Table:
         if field_.name in keys:
             arrays.append(pa.array(keys[field_.name], field_.type))
         elif pa.types.is_list(field_.type) or pa.types.is_large_list(field_.type):
-            arrays.append(_list_column([state[field_.name] for state in states], field_.type))
+            arrays.append(list_column([state[field_.name] for state in states], field_.type))
         else:
             values = [state[field_.name].item() for state in states]
             arrays.append(pa.array(values, field_.type))
@@ -568,7 +568,7 @@ def rows_table(clips: list[Clip]) -> pa.Table:
     for name in TENSOR_COLUMNS:
         if name in states[0]:
             column = _tensor_column([state[name] for state in states])
-            shapes = _list_column([np.array(state[name].shape) for state in states], pa.list_(pa.int32()))
+            shapes = list_column([np.array(state[name].shape) for state in states], pa.list_(pa.int32()))
             arrays += [column, shapes]
             fields += [pa.field(name, column.type), pa.field(f"{name}_shape", pa.list_(pa.int32()))]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

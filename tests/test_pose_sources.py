@@ -35,14 +35,6 @@ QUICK_FIT = FitConfig(orient_iterations=5, iterations=10).model_dump()
 NO_FIT = FitConfig(orient_iterations=0, iterations=0).model_dump()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def body():
     return load_body_model(detail=12)

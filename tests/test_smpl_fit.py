@@ -24,14 +24,6 @@ from pipelines.smpl_fit import FitConfig, fit_smpl
 FAST = FitConfig(orient_iterations=30, iterations=150)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def body():
     return load_body_model(detail=12)
