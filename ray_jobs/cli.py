@@ -11,6 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
 DEMO_BACKBONE = REPO_ROOT / "configs" / "demo" / "tiny-cogvideox-demo.yaml"
 DEFAULT_BACKBONE = REPO_ROOT / "configs" / "backbones" / "tiny-cogvideox.yaml"
+SERVE_CONFIG = REPO_ROOT / "configs" / "serve" / "local.yaml"
 
 
 def _device(name: str) -> str:
@@ -76,6 +77,32 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     from ray_jobs import preprocess
 
     preprocess.main(["--config", str(args.config)] + (["--output-dir", str(args.out)] if args.out else []))
+
+
+def _job_argv(args: argparse.Namespace, *options: str) -> list[str]:
+    """The job's command line from the parsed options that were given (`out` is the job's --output-dir)."""
+    argv = []
+    for option in options:
+        value = getattr(args, option)
+        if value is not None:
+            argv += ["--output-dir" if option == "out" else f"--{option}", str(value)]
+    return argv
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    """Render a manifest of (image, motion/pose video, prompt) rows to MP4s + metadata on Ray (local unless
+    RAY_ADDRESS names a cluster)."""
+    from ray_jobs import render
+
+    render.main(_job_argv(args, "config", "manifest", "out") + (["--demo"] if args.demo else []))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Score generated videos against ground truth paired by file stem: L1, PSNR, SSIM (+ LPIPS, FID, FID-VID,
+    FVD with local feature-network weights)."""
+    from ray_jobs import evaluate
+
+    evaluate.main(_job_argv(args, "config", "generated", "reference", "out"))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -152,6 +179,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps}))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve the HTTP API from a Serve config file on a local Ray (or RAY_ADDRESS); blocks until Ctrl-C."""
+    from serve.app import run_config_file
+
+    run_config_file(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="humanim", description="Human image animation on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,12 +245,30 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="auto", help="cpu, cuda or auto")
     generate.set_defaults(func=cmd_generate)
 
+    render = commands.add_parser("render", help=cmd_render.__doc__)
+    render.add_argument("--config", type=Path, help="render config (default: configs/render/demo.yaml)")
+    render.add_argument("--manifest", type=Path, help="override the config's manifest (.parquet, .jsonl or .csv)")
+    render.add_argument("--out", type=Path, help="override output_dir")
+    render.add_argument("--demo", action="store_true", help="first write the demo manifest where `manifest` points")
+    render.set_defaults(func=cmd_render)
+
+    evaluate = commands.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    evaluate.add_argument("--generated", type=Path, help="folder of generated videos (overrides the config)")
+    evaluate.add_argument("--reference", type=Path, help="folder of ground-truth videos, same file stems")
+    evaluate.add_argument("--config", type=Path, help="evaluation config (default: configs/evaluate/demo.yaml)")
+    evaluate.add_argument("--out", type=Path, help="override output_dir")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     demo = commands.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--frames", type=int, default=161, help="frames per demo motion")
     demo.add_argument("--video-frames", type=int, default=97, help="frames per demo video (49-frame windows)")
     demo.add_argument("--steps", type=int, default=10, help="denoising steps per demo video")
     demo.set_defaults(func=cmd_demo)
+
+    serve = commands.add_parser("serve", help=cmd_serve.__doc__)
+    serve.add_argument("--config", type=Path, default=SERVE_CONFIG, help="Serve config file (default: local, tiny)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

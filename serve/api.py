@@ -1,0 +1,193 @@
+"""The HTTP API (FastAPI; OpenAPI docs at /docs) over a `JobService`. No Ray here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, Response, Security, UploadFile
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve.auth import ApiKeys, AuthError
+from serve.config import Limits
+from serve.jobs import JOB_ID_PATTERN, GenerationParams, JobRecord, Progress, Status
+from serve.requests import RequestError, Upload
+from serve.service import JobConflict, JobNotFound, JobService
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+MAX_IDEMPOTENCY_KEY = 128
+MAX_WAIT_S = 30.0
+
+
+class JobView(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    status: Status
+    progress: Progress
+    error: str | None
+    attempt: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    generation_s: float | None
+    params: GenerationParams
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        return cls.model_validate(record.model_dump(include=set(cls.model_fields)))
+
+
+class GateMiddleware:
+    """Before a route reads the body: checks the API key (401; sets `state["client"]` for the routes) and holds
+    the body to `max_body_bytes` (413), refusing a larger Content-Length at once and counting the bytes of
+    a body sent without one."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, max_body_bytes: int):
+        self.app, self.keys, self.max_body_bytes = app, keys, max_body_bytes
+
+    def _too_large(self, size: str) -> str:
+        return f"body: {size} bytes; at most {self.max_body_bytes} are accepted"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        path = scope["path"].removeprefix(scope.get("root_path", "").rstrip("/"))
+        if path not in PUBLIC_PATHS:
+            try:
+                scope.setdefault("state", {})["client"] = self.keys.client(headers.get("authorization"))
+            except AuthError as err:
+                refusal = JSONResponse({"detail": str(err)}, 401, headers={"WWW-Authenticate": "Bearer"})
+                await refusal(scope, receive, send)
+                return
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await JSONResponse({"detail": self._too_large(length)}, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise HTTPException(413, self._too_large(f"more than {self.max_body_bytes}"))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key (not needed when auth is off)")
+
+
+def _client(request: Request, _: Annotated[object, Security(_bearer)]) -> str:
+    """The client AuthMiddleware identified (the Security parameter documents the scheme in OpenAPI)."""
+    return request.state.client
+
+
+Client = Annotated[str, Depends(_client)]
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the id POST /v1/videos returned")]
+
+
+def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
+    """The FastAPI app: routes, auth, body limit (413) and error mapping."""
+    app = FastAPI(
+        title="humanim",
+        summary="Human image animation: a reference image plus a motion and/or a pose video in, an MP4 out.",
+    )
+    app.add_middleware(GateMiddleware, keys=keys, max_body_bytes=limits.max_body_bytes)
+
+    async def error_response(_: Request, exc: Exception) -> JSONResponse:
+        status = exc.status_code if isinstance(exc, RequestError) else 404 if isinstance(exc, JobNotFound) else 409
+        return JSONResponse({"detail": str(exc)}, status)
+
+    for error in (RequestError, JobNotFound, JobConflict):
+        app.add_exception_handler(error, error_response)
+
+    @app.post(
+        "/v1/videos", status_code=202, response_model=JobView,
+        form_limits={"max_part_size": limits.max_text_field_bytes, "max_files": 3, "max_fields": 16},
+        responses={401: {}, 409: {}, 413: {}, 422: {}},
+    )
+    async def create_video(
+        request: Request,
+        response: Response,
+        client: Client,
+        image: Annotated[UploadFile, File(description="reference image (PNG, JPEG or WebP; RGB or grayscale)")],
+        motion: Annotated[UploadFile | None, File(description="motion .npz (see DESIGN.md, 'Motion file')")] = None,
+        motion_json: Annotated[str | None, Form(description="the motion as a JSON object, instead of the file")] = None,
+        pose_video: Annotated[UploadFile | None, File(description="driving skeleton video")] = None,
+        prompt: Annotated[str, Form()] = "",
+        negative_prompt: Annotated[str, Form()] = "",
+        num_frames: Annotated[int | None, Form(description="default: the longest the driving input allows")] = None,
+        steps: Annotated[int | None, Form(description="denoising steps")] = None,
+        guidance: Annotated[float | None, Form(description="classifier-free guidance scale (1 = off)")] = None,
+        gamma: Annotated[float | None, Form(description="articulated-noise degradation in [0, 1]")] = None,
+        seed: Annotated[int | None, Form(description="default: drawn by the server and recorded")] = None,
+        articulated_noise: Annotated[bool | None, Form(description="default: on when a motion is given")] = None,
+        backbone: Annotated[str | None, Form(description="one of the served backbones")] = None,
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY,
+                               description="a retried POST with the same key returns the same job")
+        ] = None,
+    ) -> JobView:
+        """Submit a video job: 202 with the job; poll GET /v1/videos/{id} (or long-poll with ?wait_s=), then
+        fetch /content."""
+
+        async def read(upload: UploadFile | None) -> bytes | None:
+            return None if upload is None else await upload.read()
+
+        fields = {
+            "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames, "steps": steps,
+            "guidance": guidance, "gamma": gamma, "seed": seed, "articulated_noise": articulated_noise,
+            "backbone": backbone,
+        }
+        upload = Upload(await image.read(), await read(motion), motion_json, await read(pose_video), fields)
+        record, replayed = await service.submit(client, upload, idempotency_key)
+        response.headers["Location"] = str(request.url_for("get_video", job_id=record.id))
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return JobView.of(record)
+
+    @app.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}})
+    async def get_video(
+        client: Client,
+        job_id: JobId,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long poll: answer once the job has "
+                                       "finished or after this many seconds")] = 0.0,
+    ) -> JobView:
+        """The job's status (queued, running, succeeded, failed, cancelled), progress and error."""
+        return JobView.of(await service.get(client, job_id, wait_s))
+
+    @app.get(
+        "/v1/videos/{job_id}/content", response_class=Response,
+        responses={200: {"content": {"video/mp4": {}}}, 401: {}, 404: {}, 409: {}},
+    )
+    async def get_video_content(client: Client, job_id: JobId) -> Response:
+        """The MP4 of a succeeded job (409 until then)."""
+        video = await service.content(client, job_id)
+        return Response(video, media_type="video/mp4",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
+
+    @app.delete("/v1/videos/{job_id}", status_code=202, response_model=JobView, responses={401: {}, 404: {}, 409: {}})
+    async def cancel_video(client: Client, job_id: JobId) -> JobView:
+        """Cancel a job: a queued one at once, a running one at its next denoising step."""
+        return JobView.of(await service.cancel(client, job_id))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {}})
+    async def readyz() -> JSONResponse:
+        """Readiness: job storage answered recently."""
+        ready = service.ready()
+        return JSONResponse({"status": "ready" if ready else "not ready"}, 200 if ready else 503)
+
+    return app

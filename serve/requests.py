@@ -1,0 +1,268 @@
+"""Submissions: uploads decoded safely within the configured limits, parameters checked and resolved.
+
+Every refusal is a `RequestError` whose message starts with the field's name. Nothing is unpickled: motions
+go through `motion_from_npz_bytes`/`motion_from_json_text`, images through PIL with the pixel count checked
+from the header before any pixel is decoded, pose videos through PyAV one frame at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import secrets
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+import PIL.Image
+
+from models.backbones import VariantSpec, load_backbone_config
+from models.motion import Motion
+from pipelines.animation import image_pixels, pose_video_pixels
+from pipelines.motion_io import motion_from_json_text, motion_from_npz_bytes
+from serve.config import BackboneEntry, Limits, ServeConfig, project_path
+from serve.jobs import Deployment, GenerationParams
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 100.0
+
+
+class RequestError(ValueError):
+    """A refused request: the message names the field; `status_code` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status_code: int = 422):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the ingress needs to know about a backbone without loading it."""
+
+    name: str
+    resolution: tuple[int, int]
+    window: int
+    spec: VariantSpec
+
+    @classmethod
+    def load(cls, name: str, entry: BackboneEntry) -> BackboneInfo:
+        config = load_backbone_config(project_path(entry.config))
+        spec = config.spec
+        resolution = config.resolution or spec.default_resolution
+        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec)
+
+
+@dataclass
+class Upload:
+    """A POST /v1/videos as received: raw uploads and form fields (None: not given)."""
+
+    image: bytes
+    motion: bytes | None = None
+    motion_json: str | None = None
+    pose_video: bytes | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Identifies the request, so a reused Idempotency-Key with another request can be refused."""
+        digest = hashlib.sha256(json.dumps(self.fields, sort_keys=True, default=str).encode())
+        for part in (self.image, self.motion, (self.motion_json or "").encode(), self.pose_video):
+            digest.update(hashlib.sha256(part or b"").digest())
+        return digest.hexdigest()
+
+
+@dataclass
+class Submission:
+    """A checked request: resolved parameters, the deployment that runs it and its input files."""
+
+    params: GenerationParams
+    deployment: Deployment
+    inputs: dict[str, bytes]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarray:
+    """The reference image as uint8 `[H, W, 3]` at `size`; its pixel count is checked before decoding."""
+    try:
+        image = PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError):
+        raise RequestError(f"image: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
+    with image:
+        width, height = image.size
+        if width * height > limits.max_image_pixels:
+            raise RequestError(
+                f"image: {width}x{height} is {width * height} pixels; at most {limits.max_image_pixels} are accepted",
+                413,
+            )
+        try:
+            image.load()
+        except (OSError, ValueError) as err:
+            raise RequestError(f"image: could not be decoded: {err}") from None
+        return image_pixels(image, size)
+
+
+def _check_npz_size(data: bytes, limit: int) -> None:
+    """Refuse an archive that would inflate past `limit` bytes (a zip bomb) before anything is read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        return  # not a zip: motion_from_npz_bytes says what it is
+    if inflated > limit:
+        raise RequestError(f"motion: the archive inflates to {inflated} bytes; at most {limit} are accepted", 413)
+
+
+def decode_motion(npz: bytes | None, json_text: str | None, limits: Limits) -> Motion | None:
+    """The motion from an .npz upload or a JSON field (not both), or None."""
+    if npz is not None and json_text is not None:
+        raise RequestError("motion/motion_json: give the motion once, as an .npz file or as JSON")
+    if npz is not None:
+        _check_npz_size(npz, limits.max_motion_bytes)
+        motion = motion_from_npz_bytes(npz)
+    elif json_text is not None:
+        motion = motion_from_json_text(json_text)
+    else:
+        return None
+    if motion.num_frames > limits.max_motion_frames:
+        raise RequestError(f"motion: {motion.num_frames} frames; at most {limits.max_motion_frames} are accepted")
+    return motion
+
+
+def decode_pose_video(data: bytes, limits: Limits, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """A pose video's frames at `size` (at most `limits.max_frames` of them) and its frame rate."""
+    frames = []
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise RequestError("pose_video: the file has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            for frame in container.decode(stream):
+                if frame.width * frame.height > limits.max_image_pixels:
+                    raise RequestError(
+                        f"pose_video: frames of {frame.width}x{frame.height} pixels; at most "
+                        f"{limits.max_image_pixels} pixels are accepted", 413,
+                    )
+                if len(frames) == limits.max_frames:
+                    raise RequestError(f"pose_video: more than {limits.max_frames} frames; trim it to the video wanted")
+                frames.append(pose_video_pixels(frame.to_ndarray(format="rgb24")[None], size)[0])
+    except av.error.FFmpegError as err:
+        raise RequestError(f"pose_video: could not be decoded as a video: {err}") from None
+    if not frames:
+        raise RequestError("pose_video: holds no frames")
+    return np.stack(frames), fps
+
+
+def _number(fields: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = fields.get(name)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name}: must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"{name}: must be in [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
+def _num_frames(requested: int | None, available: int, backbone: BackboneInfo, limits: Limits) -> int:
+    """The requested frame count, checked; by default the longest valid one the driving input covers."""
+
+    def problem(count: int) -> str | None:
+        if count > limits.max_frames:
+            return f"{count} frames requested; at most {limits.max_frames} are accepted"
+        if count > available:
+            return f"{count} frames requested but the driving input has only {available}"
+        try:
+            backbone.spec.check_num_frames(count)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    if requested is None:
+        candidates = range(min(available, limits.max_frames), 0, -1)
+        found = next((count for count in candidates if problem(count) is None), None)
+        if found is None:
+            raise RequestError(
+                f"num_frames: the driving input's {available} frames are too few for {backbone.spec.name}"
+            )
+        return found
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise RequestError(f"num_frames: must be a positive integer, got {requested!r}")
+    reason = problem(requested)
+    if reason is not None:
+        raise RequestError(f"num_frames: {reason}")
+    return requested
+
+
+def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config: ServeConfig) -> Submission:
+    """Check and resolve a request; RequestError says what is wrong."""
+    fields, limits, defaults = upload.fields, config.limits, config.defaults
+    name = fields.get("backbone") or config.default_backbone
+    if name not in backbones:
+        raise RequestError(f"backbone: {name!r} is not served; choose one of {sorted(backbones)}")
+    backbone = backbones[name]
+    prompts = {key: fields.get(key) or "" for key in ("prompt", "negative_prompt")}
+    for key, text in prompts.items():
+        if len(text) > limits.max_prompt_chars:
+            raise RequestError(f"{key}: {len(text)} characters; at most {limits.max_prompt_chars} are accepted")
+    steps = defaults.steps if fields.get("steps") is None else fields["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limits.max_steps:
+        raise RequestError(f"steps: must be an integer in [1, {limits.max_steps}], got {steps!r}")
+    seed = fields.get("seed")
+    seed = secrets.randbelow(MAX_SEED) if seed is None else int(_number(fields, "seed", 0, 0, MAX_SEED))
+    try:
+        image = decode_image(upload.image, limits, backbone.resolution)
+        motion = decode_motion(upload.motion, upload.motion_json, limits)
+        pose_video, video_fps = (None, None) if upload.pose_video is None else decode_pose_video(
+            upload.pose_video, limits, backbone.resolution
+        )
+    except RequestError:
+        raise
+    except ValueError as err:  # the pipeline's and the motion contract's messages name the field
+        raise RequestError(str(err)) from None
+    if motion is None and pose_video is None:
+        raise RequestError("motion/pose_video: give a motion (.npz file or motion_json), a pose video, or both")
+    articulated = fields.get("articulated_noise")
+    articulated = motion is not None if articulated is None else articulated
+    if articulated and motion is None:
+        raise RequestError("articulated_noise: it is built from a motion; give one or set articulated_noise=false")
+    if motion is not None and pose_video is not None and motion.num_frames != len(pose_video):
+        raise RequestError(
+            f"pose_video: has {len(pose_video)} frames but the motion has {motion.num_frames}; they must match"
+        )
+    available = motion.num_frames if motion is not None else len(pose_video)
+    num_frames = _num_frames(fields.get("num_frames"), available, backbone, limits)
+
+    inputs = {"image.npy": _npy(image)}
+    if motion is not None:
+        inputs["motion.npz"] = _npz(motion.slice(0, num_frames).to_arrays())
+    if pose_video is not None:
+        inputs["pose_video.npy"] = _npy(pose_video[:num_frames])
+    params = GenerationParams(
+        backbone=name,
+        **prompts,
+        num_frames=num_frames,
+        resolution=backbone.resolution,
+        steps=steps,
+        guidance=_number(fields, "guidance", defaults.guidance, 1.0, MAX_GUIDANCE),
+        gamma=_number(fields, "gamma", defaults.gamma, 0.0, 1.0),
+        seed=seed,
+        articulated_noise=articulated,
+        fps=motion.fps if motion is not None else video_fps or None,
+        inputs=sorted(inputs),
+    )
+    return Submission(params, "long_video" if num_frames > backbone.window else "generation", inputs)

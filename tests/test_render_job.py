@@ -1,0 +1,129 @@
+"""The render job on a local Ray with the tiny backbone at 32x32: broken rows recorded, reruns resume, MP4s decode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
+import pytest
+from helpers import CONFIGS
+
+from models.body_model import load_body_model
+from pipelines.config import RESOLVED_CONFIG_NAME
+from pipelines.demo_motions import make_demo_motion
+from pipelines.manifest import ManifestError
+from pipelines.motion_io import save_motion
+from pipelines.pose_video import read_pose_video, render_pose_video
+from pipelines.render_items import METADATA_NAME, RenderJobConfig, read_render_manifest, write_demo_manifest
+from pipelines.video_io import write_video
+from ray_jobs import render
+from ray_jobs.cli import main
+
+RESOURCES = {
+    "prepare": {"workers": 1, "num_cpus": 0.25},
+    "generate": {"workers": 1, "num_cpus": 0.5},
+    "encode": {"workers": 1, "num_cpus": 0.25},
+}
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    person = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    PIL.Image.fromarray(person).save(inputs / "person.png")
+    walk = make_demo_motion("walk", 17)
+    save_motion(inputs / "walk.npz", walk)
+    save_motion(inputs / "turn.npz", make_demo_motion("turn", 17))
+    broken = make_demo_motion("walk", 17).to_arrays()
+    broken["transl"][3, 1] = np.nan
+    np.savez(inputs / "nan.npz", **broken)
+    write_video(inputs / "walk_pose.mp4", render_pose_video(walk, (32, 32), load_body_model()), walk.fps)
+    rows = [
+        {"id": "walk", "image": "person.png", "motion": "walk.npz", "prompt": "a person walking", "num_frames": 9},
+        {"id": "turn", "image": "person.png", "motion": "turn.npz", "num_frames": 17, "gamma": 0.2, "seed": 3},
+        {"id": "posed", "image": "person.png", "motion": "walk.npz", "pose_video": "walk_pose.mp4"},
+        {"id": "no_image", "image": "missing.png", "motion": "walk.npz"},
+        {"id": "nan_motion", "image": "person.png", "motion": "nan.npz"},
+        {"id": "bad_frames", "image": "person.png", "motion": "walk.npz", "num_frames": 10},
+    ]
+    path = inputs / "manifest.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)  # missing cells are nulls: the defaults apply
+    return path
+
+
+def job_config(manifest, output_dir) -> RenderJobConfig:
+    return RenderJobConfig(
+        manifest=manifest, output_dir=output_dir, backbone=CONFIGS / "tiny-cogvideox.yaml",
+        noise={"texture_size": 32, "supersample": 2}, defaults={"steps": 1, "guidance": 1.0}, resources=RESOURCES,
+    )
+
+
+def test_broken_rows_are_recorded_and_a_rerun_resumes(ray_local, manifest, tmp_path) -> None:
+    out = tmp_path / "out"
+    counts = render.run(job_config(manifest, out))
+    assert counts == {"items": 6, "written": 3, "failed": 3, "skipped": 0}
+    assert json.loads((out / "summary.json").read_text()) == counts
+    assert (out / RESOLVED_CONFIG_NAME).is_file() and not (out / "metadata.parts").exists()
+
+    rows = {row["id"]: row for row in pq.read_table(out / METADATA_NAME).to_pylist()}
+    assert list(rows) == ["walk", "turn", "posed", "no_image", "nan_motion", "bad_frames"]  # manifest order
+    assert {row["stage"] for row in rows.values() if row["status"] == "failed"} == {"prepare"}
+    assert "image: file not found" in rows["no_image"]["error"]
+    assert "'transl' contains NaN or inf" in rows["nan_motion"]["error"]
+    assert "num_frames: CogVideoX 1.0 needs" in rows["bad_frames"]["error"]
+    # default num_frames: the longest count the 17-frame motion allows (8m+1 for CogVideoX 1.0)
+    for item_id, frames in {"walk": 9, "turn": 17, "posed": 17}.items():
+        row = rows[item_id]
+        video, fps = read_pose_video(row["output_path"])
+        assert row["status"] == "ok" and row["frames"] == frames and video.shape == (frames, 32, 32, 3)
+        assert row["seconds"] == pytest.approx(frames / row["fps"]) and fps == pytest.approx(row["fps"])
+        assert row["generation_seconds"] > 0
+
+    # rerun through the CLI: done rows are skipped (their MP4s untouched), failed rows retried
+    written = {item_id: (out / "videos" / f"{item_id}.mp4").stat().st_mtime_ns for item_id in ("walk", "turn", "posed")}
+    PIL.Image.new("RGB", (32, 32), (90, 120, 30)).save(manifest.parent / "missing.png")
+    config_file = tmp_path / "render.yaml"
+    config_file.write_text(json.dumps(job_config(manifest, out).model_dump(mode="json")))  # JSON is YAML
+    main(["render", "--config", str(config_file)])
+    assert json.loads((out / "summary.json").read_text()) == {"items": 6, "written": 1, "failed": 2, "skipped": 3}
+    assert {item_id: (out / "videos" / f"{item_id}.mp4").stat().st_mtime_ns for item_id in written} == written
+    rows = {row["id"]: row for row in pq.read_table(out / METADATA_NAME).to_pylist()}
+    assert rows["no_image"]["status"] == "ok" and rows["walk"]["status"] == "ok" and len(rows) == 6
+
+
+def test_manifest_errors_and_formats(tmp_path) -> None:
+    rows = [{"id": "a", "image": "a.png", "motion": "m/a.npz", "steps": 2},
+            {"id": "b", "image": "/abs/b.png", "steps": None}]
+    pyarrow.csv.write_csv(pa.Table.from_pylist(rows), tmp_path / "m.csv")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for name in ("m.csv", "m.jsonl"):
+        parsed = read_render_manifest(tmp_path / name)
+        assert parsed[0]["motion"] == str(tmp_path / "m" / "a.npz") and parsed[1]["image"] == "/abs/b.png"
+        assert parsed[0]["steps"] == 2 and "steps" not in parsed[1] and "motion" not in parsed[1]
+    bad = {
+        "dup.jsonl": ([{"id": "a", "image": "x"}, {"id": "a", "image": "y"}], "more than one row"),
+        "cols.jsonl": ([{"id": "a", "image": "x", "colour": "red"}], "colour"),
+        "noimage.jsonl": ([{"id": "a", "motion": "x"}], "'id' and 'image'"),
+        "badid.jsonl": ([{"id": "../a", "image": "x"}], "file stems"),
+    }
+    for name, (content, message) in bad.items():
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in content))
+        with pytest.raises(ManifestError, match=message):
+            read_render_manifest(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_render_manifest(tmp_path / "none.jsonl")
+
+
+def test_demo_manifest(tmp_path) -> None:
+    path = write_demo_manifest(tmp_path / "demo" / "manifest.jsonl", (32, 48), 9)
+    rows = read_render_manifest(path)
+    assert [row["id"] for row in rows] == ["arm_swings", "turn", "walk"]
+    for row in rows:
+        assert PIL.Image.open(row["image"]).size == (48, 32) and row["num_frames"] == 9
+        truth, _ = read_pose_video(tmp_path / "demo" / "reference" / f"{row['id']}.mp4")
+        assert truth.shape == (9, 32, 48, 3)
