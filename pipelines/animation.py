@@ -30,10 +30,10 @@ from models.backbones import BackboneAdapter, BackboneConfig, Conditioning, buil
 from models.backbones.config import RESOLUTION_MULTIPLE
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion, motion_from_arrays
-from models.noise_warp import degrade
+from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN
-from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-from pipelines.config import validate_config
+from pipelines.articulated_noise import video_noise_operator
+from pipelines.frames import image_pixels, pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.long_video import Window, denoise_windows, plan_windows
 from pipelines.motion_io import load_motion
 from pipelines.pose_video import read_pose_video, render_pose_video
@@ -42,7 +42,6 @@ from pipelines.video_io import write_video
 LongVideoMode = Literal["blend", "chain"]
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_FPS = 16.0
-ASPECT_TOLERANCE = 0.01
 
 
 @dataclass
@@ -54,61 +53,6 @@ class AnimationOutput:
 
 
 # Inputs
-
-
-def _resized(frames: np.ndarray, size: tuple[int, int], field: str) -> np.ndarray:
-    """uint8 `[..., h, w, 3]` at `size` (H, W): unchanged, resized (same aspect within 1%), or refused."""
-    height, width = frames.shape[-3:-1]
-    if (height, width) == size:
-        return frames
-    if abs(width * size[0] - height * size[1]) > ASPECT_TOLERANCE * height * size[1]:
-        raise ValueError(
-            f"{field}: size {height}x{width} (HxW) does not have the aspect ratio of the output resolution "
-            f"{size[0]}x{size[1]}; crop it to that aspect ratio first"
-        )
-    flat = frames.reshape(-1, height, width, 3)
-    resized = [np.asarray(PIL.Image.fromarray(f).resize(size[::-1], PIL.Image.Resampling.BICUBIC)) for f in flat]
-    return np.stack(resized).reshape(*frames.shape[:-3], *size, 3)
-
-
-def image_pixels(image: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The reference image as uint8 `[H, W, 3]` at `size`, by the rules in the module docstring."""
-    if isinstance(image, PIL.Image.Image):
-        if image.mode not in ("RGB", "L"):
-            raise ValueError(
-                f"image: mode {image.mode} is not accepted; pass RGB (L is converted), e.g. flatten RGBA onto a "
-                "background with Image.alpha_composite and .convert('RGB')"
-            )
-        image = np.asarray(image.convert("RGB"))
-    elif not isinstance(image, np.ndarray):
-        raise ValueError(f"image: expected a PIL image or a uint8 array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image: expected uint8 pixels, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"image: expected shape [H, W, 3] (RGB) or [H, W] (gray), got {list(image.shape)}")
-    return _resized(image, size, "image")
-
-
-def pose_video_pixels(pose_video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A pose video as uint8 `[T, H, W, 3]` at `size`."""
-    if not isinstance(pose_video, np.ndarray) or pose_video.dtype != np.uint8:
-        raise ValueError(f"pose_video: expected a uint8 array or a video file, got {type(pose_video).__name__}")
-    if pose_video.ndim != 4 or pose_video.shape[-1] != 3 or min(pose_video.shape[:3]) < 1:
-        raise ValueError(f"pose_video: expected shape [T, H, W, 3], got {list(pose_video.shape)}")
-    return _resized(pose_video, size, "pose_video")
-
-
-def to_model_pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 `[..., H, W, 3]` -> float `[..., 3, H, W]` in [-1, 1], mapped as diffusers maps a PIL image."""
-    pixels = torch.from_numpy(np.array(frames)).to(device).movedim(-1, -3)  # a copy: PIL arrays are read-only
-    return 2.0 * (pixels.float() / 255.0) - 1.0
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """Decoded `[B, F, 3, H, W]` in about [-1, 1] -> uint8 `[F, H, W, 3]` of the first sample."""
-    return ((frames[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _number_in(field: str, value: float, low: float, high: float = math.inf) -> float:
@@ -214,15 +158,8 @@ class AnimationPipeline:
         return resolution
 
     def _num_frames(self, requested: int | None, available: int) -> int:
-        def valid(count: int) -> bool:
-            try:
-                self.adapter.check_num_frames(count)
-            except ValueError:
-                return False
-            return True
-
         if requested is None:
-            return next(count for count in range(available, 0, -1) if valid(count))
+            return self.adapter.spec.longest_num_frames(available)
         if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)):
             raise ValueError(f"num_frames: must be an integer, got {requested!r}")
         try:
@@ -285,7 +222,12 @@ class AnimationPipeline:
     # Generation
 
     def _initial_noise(
-        self, request: _Request, gamma: float, articulated: bool, generator: torch.Generator | None
+        self,
+        request: _Request,
+        gamma: float,
+        articulated: bool,
+        generator: torch.Generator | None,
+        operator: WarpOperator | None,
     ) -> torch.Tensor:
         """`[1, F_lat, C, h, w]` float32: degraded articulated noise of the whole video, or i.i.d. noise."""
         shape = self.adapter.latent_shape(request.num_frames, request.resolution)
@@ -293,19 +235,16 @@ class AnimationPipeline:
         if not articulated:
             noise = torch.randn(shape, generator=generator, device=device)
         else:
-            # ONE operator over all frames (one texture): every window's noise is a slice of this sample.
-            config = validate_config(
-                NoiseConfig,
-                {
-                    **self.noise_options,
-                    "num_frames": request.num_frames,
-                    "height": request.resolution[0],
-                    "width": request.resolution[1],
-                    "channels": shape[1],
-                },
-                source="noise options",
-            )
-            operator, _ = build_motion_operator(request.motion, self.body, config, self.adapter.device)
+            if operator is None:
+                operator = video_noise_operator(
+                    request.motion, self.body, self.noise_options, request.num_frames, request.resolution,
+                    self.adapter.device,
+                )
+            elif operator.latent_shape != (shape[0], *shape[2:]):
+                raise ValueError(
+                    f"warp_operator: built for the latent grid {operator.latent_shape}, but this request needs "
+                    f"{(shape[0], *shape[2:])} ({request.num_frames} frames at {request.resolution})"
+                )
             warped = operator.to(device).sample(generator, shape[1])
             noise = degrade(warped, torch.randn(warped.shape, generator=generator, device=device), gamma)
         return noise[None].to(self.adapter.device, torch.float32)
@@ -388,6 +327,7 @@ class AnimationPipeline:
         fps: float | None = None,
         output_path: str | Path | None = None,
         callback: ProgressCallback | None = None,
+        warp_operator: WarpOperator | None = None,
     ) -> AnimationOutput:
         """Animate `image` following `motion` and/or `pose_video`.
 
@@ -405,6 +345,8 @@ class AnimationPipeline:
                 another, each conditioned on the previous chunk's decoded frame where it starts.
             window_overlap: latent frames shared by neighbouring windows ("blend"; "chain" shares 1).
             callback: called after every denoising step with (steps done, total steps).
+            warp_operator: the motion's articulated-noise operator when built beforehand (e.g. on a CPU worker
+                with `video_noise_operator` and this pipeline's noise options); built here when None.
             output_path: also write the video there as an MP4.
         """
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
@@ -431,7 +373,7 @@ class AnimationPipeline:
         window_frames = (windows[0].num_latent_frames - 1) * temporal + 1
         guided = guidance_scale > 1
         # Random draws in a fixed order (noise, image, pose), so switching PadaLN on changes no earlier draw.
-        noise = self._initial_noise(request, gamma, articulated_noise, generator)
+        noise = self._initial_noise(request, gamma, articulated_noise, generator, warp_operator)
         conditioning = self._conditioning(
             request.image, prompt, negative_prompt, window_frames, guided, generator
         )

@@ -21,6 +21,7 @@ from models.noise_warp import (
     latent_num_frames,
 )
 from models.rasterizer import rasterize, scale_intrinsics, uv_map
+from pipelines.config import validate_config
 
 SPATIAL_FACTOR = 8  # VAE downsampling of every supported backbone
 
@@ -145,6 +146,25 @@ def build_motion_operator(
         background=config.background,
     )
     return operator, render
+
+
+def video_noise_operator(
+    motion: Motion,
+    body: BodyModel,
+    options: dict,
+    num_frames: int,
+    resolution: tuple[int, int],
+    device: torch.device | str = "cpu",
+) -> WarpOperator:
+    """The operator for generating `num_frames` frames at `resolution` (H, W) from `motion`: ONE operator over
+    the whole video (one texture), so every window of a long video samples a slice of the same noise.
+    `options` are the other `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames)."""
+    config = validate_config(
+        NoiseConfig,
+        {**options, "num_frames": num_frames, "height": resolution[0], "width": resolution[1]},
+        source="noise options",
+    )
+    return build_motion_operator(motion, body, config, device)[0]
 
 
 def _to_video_size(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 RESOLVED_CONFIG_NAME = "config.resolved.yaml"
@@ -48,3 +48,29 @@ def write_resolved_config(config: BaseModel, output_dir: Path) -> Path:
     path = output_dir / RESOLVED_CONFIG_NAME
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return path
+
+
+class StageResources(BaseModel):
+    """One job stage's actor pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(1, ge=1, description="actors in the pool")
+    max_workers: int | None = Field(None, ge=1, description="let the pool grow to this many actors")
+    num_cpus: float = Field(1.0, gt=0, description="per actor")
+    num_gpus: float = Field(0.0, ge=0, description="per actor; fractions share a GPU; 0 runs on the CPU")
+    batch_size: int = Field(1, ge=1, description="items per call")
+
+    @property
+    def device(self) -> str:
+        """Where the stage's actors compute."""
+        return "cuda" if self.num_gpus > 0 else "cpu"
+
+
+class TaskResources(BaseModel):
+    """A light job stage run as Ray tasks (nothing to load once per worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.25, gt=0, description="per task")
+    batch_size: int = Field(4, ge=1, description="items per call")

@@ -6,17 +6,17 @@ give Arrow its fixed schema, so failed items and built items share one table.
 
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.body_model import load_body_model
+from pipelines.arrow_arrays import list_column
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator, preview_frames
+from pipelines.failures import describe_error
 from pipelines.motion_io import load_motion
 from pipelines.video_io import write_video
 
@@ -74,21 +74,10 @@ def list_motion_files(input_dir: Path) -> list[Path]:
 
 def failure_row(path: str, stage: str, error: BaseException) -> dict[str, Any]:
     """A row that records why an item failed; every failed item gets one."""
-    message = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return {"item_id": Path(path).stem, "source_path": path, "status": "failed", "stage": stage, "error": message}
-
-
-def list_column(cells: list[np.ndarray | None], list_type: pa.DataType) -> pa.Array:
-    """Numpy arrays as one Arrow list column without a per-element Python loop (None -> null)."""
-    value_type = list_type.value_type.to_pandas_dtype()
-    flat = [np.asarray(cell, dtype=value_type).reshape(-1) for cell in cells if cell is not None]
-    lengths = [0 if cell is None else np.asarray(cell).size for cell in cells]
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), type=pa.int64())
-    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, value_type))
-    nulls = pa.array([cell is None for cell in cells])
-    array_class = pa.LargeListArray if pa.types.is_large_list(list_type) else pa.ListArray
-    offsets = offsets if pa.types.is_large_list(list_type) else offsets.cast(pa.int32())
-    return array_class.from_arrays(offsets, values, type=list_type, mask=nulls)
+    return {
+        "item_id": Path(path).stem, "source_path": path, "status": "failed", "stage": stage,
+        "error": describe_error(error),
+    }
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:

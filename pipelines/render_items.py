@@ -4,8 +4,9 @@ No Ray here: ray_jobs/render.py runs each stage as a Ray Data step on pyarrow ba
 
     prepare   (CPU)  the row's settings checked and merged with the config's defaults, the reference image
                      decoded and resized, the motion loaded and validated, the pose video decoded, the frame count
-                     checked against the backbone's rule and the driving input
-    generate  (GPU)  the animation pipeline, built once per worker, denoises and decodes
+                     checked against the backbone's rule and the driving input; for articulated noise, the
+                     motion's warp operator (body rendering and rasterization stay off the GPU workers)
+    generate  (GPU)  the animation pipeline, built once per worker, samples the noise, denoises and decodes
     encode    (CPU)  the frames as videos/<id>.mp4 (written under a temporary name, then moved into place)
 
 Manifest (Parquet, JSONL or CSV), one row per video; relative paths are relative to the manifest's folder:
@@ -43,7 +44,6 @@ import os
 import re
 import shutil
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,14 +56,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.body_model import load_body_model
 from models.motion import motion_from_arrays
-from pipelines.config import validate_config
+from models.noise_warp import WarpOperator
+from pipelines.arrow_arrays import pack_state, unpack_state
+from pipelines.articulated_noise import video_noise_operator
+from pipelines.config import StageResources, validate_config
 from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
 from pipelines.demo_reference import render_reference_image
+from pipelines.failures import describe_error
+from pipelines.frames import image_pixels, pose_video_pixels
 from pipelines.manifest import MANIFEST_READERS, ManifestError
 from pipelines.motion_io import load_motion, save_motion
 from pipelines.noise_items import BodyConfig
 from pipelines.pose_video import read_pose_video
-from pipelines.training_rows import StageResources, pack_state, unpack_state
 from pipelines.video_io import write_video
 
 if TYPE_CHECKING:
@@ -266,10 +270,6 @@ def write_demo_manifest(manifest: str | Path, size: tuple[int, int], num_frames:
 # Items between stages
 
 
-def describe_error(error: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(error), error)).strip()
-
-
 @dataclass
 class RenderItem:
     """One row between stages: its id, status, resolved settings and state (numpy arrays by name)."""
@@ -316,6 +316,11 @@ def input_items(rows: list[dict[str, Any]]) -> list[pa.Table]:
     return [items_to_table([RenderItem(id=row["id"], settings=row)]) for row in rows]
 
 
+def prefixed(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays stored under `prefix` in an item's state, by their own names."""
+    return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+
+
 class _Stage:
     """A stage that updates each "ok" item in place; an error fails that item alone."""
 
@@ -358,6 +363,7 @@ class PrepareStage(_Stage):
         self.config = config
         self.spec = config.backbone_config().spec
         self.size = config.resolution()
+        self.body = load_body_model(config.body.model_path, config.body.uv_path)
 
     def settings(self, row: RenderRow) -> dict[str, Any]:
         defaults = self.config.defaults
@@ -390,12 +396,11 @@ class PrepareStage(_Stage):
         }
 
     def process(self, item: RenderItem) -> None:
-        from pipelines.animation import image_pixels, pose_video_pixels
-
         row = validate_config(RenderRow, item.settings, source=f"manifest row {item.id!r}")
         settings = self.settings(row)
         state = {"image": image_pixels(read_image(row.image), self.size)}
         available = []
+        motion = None
         if row.motion is not None:
             motion = load_motion(row.motion)
             state.update({f"motion.{key}": value for key, value in motion.to_arrays().items()})
@@ -406,10 +411,15 @@ class PrepareStage(_Stage):
             state["pose_video"] = pose_video_pixels(frames, self.size)
             available.append(len(frames))
             settings.setdefault("fps", fps or None)
-        if settings["num_frames"] is not None and settings["num_frames"] > min(available):
+        if settings["num_frames"] is None:
+            settings["num_frames"] = self.spec.longest_num_frames(min(available))
+        elif settings["num_frames"] > min(available):
             raise ValueError(
                 f"num_frames: {settings['num_frames']} requested but the driving input has only {min(available)} frames"
             )
+        if settings["articulated_noise"]:
+            operator = video_noise_operator(motion, self.body, self.config.noise, settings["num_frames"], self.size)
+            state.update({f"operator.{key}": value for key, value in operator.to_arrays().items()})
         item.settings, item.state = settings, state
 
 
@@ -430,8 +440,8 @@ class GenerateStage(_Stage):
 
     def process(self, item: RenderItem) -> None:
         settings, state = item.settings, item.state
-        motion_arrays = {key.removeprefix("motion."): value for key, value in state.items()
-                         if key.startswith("motion.")}
+        motion_arrays = prefixed(state, "motion.")
+        operator_arrays = prefixed(state, "operator.")
         defaults = self.config.defaults
         started = time.perf_counter()
         output = self.pipeline(
@@ -449,6 +459,7 @@ class GenerateStage(_Stage):
             long_video=defaults.long_video,
             window_overlap=defaults.window_overlap,
             fps=settings.get("fps"),
+            warp_operator=WarpOperator.from_arrays(operator_arrays) if operator_arrays else None,
         )
         item.generation_seconds = time.perf_counter() - started
         item.settings["fps"] = output.fps

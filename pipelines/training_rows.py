@@ -22,7 +22,6 @@ The output folder (a local path or any pyarrow filesystem URI, e.g. s3://bucket/
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from models.body_model import load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.motion_decoder import UPSCALE, motion_targets
 from models.noise_warp import WarpOperator
+from pipelines.arrow_arrays import list_column, pack_state, tensor_column, unpack_state
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
 from pipelines.clips import (
     ClipConfig,
@@ -58,8 +58,10 @@ from pipelines.clips import (
     probe_video,
     sample_clips,
 )
-from pipelines.config import RESOLVED_CONFIG_NAME
-from pipelines.noise_items import OPERATOR_SCHEMA, BodyConfig, list_column, failure_row
+from pipelines.config import RESOLVED_CONFIG_NAME, StageResources, TaskResources
+from pipelines.failures import describe_error
+from pipelines.frames import to_model_pixels
+from pipelines.noise_items import OPERATOR_SCHEMA, BodyConfig
 from pipelines.pose_sources import PoseOptions, clip_motion
 from pipelines.pose_video import motion_keypoints, render_pose_video
 
@@ -113,27 +115,6 @@ FAILURE_SCHEMA = pa.schema(
 
 
 # Configuration
-
-
-class StageResources(BaseModel):
-    """One stage's actor pool."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    workers: int = Field(1, ge=1, description="actors in the pool")
-    max_workers: int | None = Field(None, ge=1, description="let the pool grow to this many actors")
-    num_cpus: float = Field(1.0, gt=0, description="per actor")
-    num_gpus: float = Field(0.0, ge=0, description="per actor; fractions share a GPU; 0 runs on the CPU")
-    batch_size: int = Field(1, ge=1, description="clips per call")
-
-
-class TaskResources(BaseModel):
-    """A light stage run as Ray tasks (nothing to load once per worker)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_cpus: float = Field(0.25, gt=0, description="per task")
-    batch_size: int = Field(4, ge=1, description="items per call")
 
 
 class JobResources(BaseModel):
@@ -246,18 +227,7 @@ class Clip:
     def fail(self, stage: str, error: BaseException) -> None:
         """Record why the clip failed and drop its state."""
         self.status, self.stage, self.state = "failed", stage, {}
-        self.error = failure_row(self.source_path, stage, error)["error"]
-
-
-def pack_state(state: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **state)
-    return buffer.getvalue()
-
-
-def unpack_state(payload: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
+        self.error = describe_error(error)
 
 
 def clips_to_table(clips: list[Clip]) -> pa.Table:
@@ -459,13 +429,6 @@ class Captioner:
         return str(output[0]["generated_text"]).strip()
 
 
-def _pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 `[..., H, W, 3]` -> float `[..., 3, H, W]` in [-1, 1]."""
-    from pipelines.animation import to_model_pixels
-
-    return to_model_pixels(frames, device)
-
-
 class EncodeStage(ClipStage):
     """VAE latents and caption embeddings of a batch of clips, with the backbone adapter built once."""
 
@@ -491,8 +454,8 @@ class EncodeStage(ClipStage):
         adapter, config = self.adapter, self.config
         generator = torch.Generator(adapter.device).manual_seed(config.seed)
         captions = [self.caption(clip) for clip in clips]
-        video = _pixels(np.stack([clip.state["frames"] for clip in clips]), adapter.device)
-        skeletons = _pixels(np.stack([clip.state["pose_frames"] for clip in clips]), adapter.device)
+        video = to_model_pixels(np.stack([clip.state["frames"] for clip in clips]), adapter.device)
+        skeletons = to_model_pixels(np.stack([clip.state["pose_frames"] for clip in clips]), adapter.device)
         encoded = {
             "video_latents": adapter.encode_video(video, generator),
             "image_latents": adapter.encode_image(video[:, 0], config.num_frames, generator),
@@ -545,11 +508,6 @@ class WriteStage:
 # Rows
 
 
-def _tensor_column(arrays: list[np.ndarray]) -> pa.FixedSizeListArray:
-    flat = np.stack([np.asarray(array, dtype=np.float32) for array in arrays]).reshape(len(arrays), -1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-
-
 def rows_table(clips: list[Clip]) -> pa.Table:
     """Training rows of encoded clips: `ROW_SCHEMA`, then each tensor of `TENSOR_COLUMNS` the clips have."""
     states = [clip.state for clip in clips]
@@ -567,7 +525,7 @@ def rows_table(clips: list[Clip]) -> pa.Table:
     fields = list(ROW_SCHEMA)
     for name in TENSOR_COLUMNS:
         if name in states[0]:
-            column = _tensor_column([state[name] for state in states])
+            column = tensor_column([state[name] for state in states])
             shapes = list_column([np.array(state[name].shape) for state in states], pa.list_(pa.int32()))
             arrays += [column, shapes]
             fields += [pa.field(name, column.type), pa.field(f"{name}_shape", pa.list_(pa.int32()))]

@@ -43,10 +43,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 
+from pipelines.arrow_arrays import pack_state, unpack_state
 from pipelines.clips import decode_frames, probe_video
+from pipelines.config import StageResources
+from pipelines.failures import describe_error
 from pipelines.manifest import VIDEO_SUFFIXES
-from pipelines.render_items import describe_error
-from pipelines.training_rows import StageResources, pack_state, unpack_state
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -19,8 +19,7 @@ import ray.data
 
 from pipelines.config import load_config, write_resolved_config
 from pipelines.video_metrics import EvaluateJobConfig, PairEvaluator, pair_videos, per_video_table, write_report
-from ray_jobs.common import init_ray
-from ray_jobs.render import actor_stage
+from ray_jobs.common import actor_stage, init_ray
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
 
@@ -33,9 +32,8 @@ def run(config: EvaluateJobConfig) -> dict[str, Any]:
     resources = config.resources
     batches = []
     if pairs:
-        device = "cuda" if resources.num_gpus > 0 else "cpu"
         data = ray.data.from_items(pairs, override_num_blocks=len(pairs))
-        data = actor_stage(data, PairEvaluator, resources, (config, device))  # feature networks load once per actor
+        data = actor_stage(data, PairEvaluator, resources, (config, resources.device))  # feature networks load once per actor
         batches = list(data.iter_batches(batch_size=None, batch_format="pyarrow"))
     table = pa.concat_tables([per_video_table([], with_features=True), *batches])
     if len(table) != len(pairs):

@@ -38,65 +38,17 @@ from pipelines.training_rows import (
     ProbeStage,
     RenderStage,
     RowStore,
-    StageResources,
     Tally,
-    TaskResources,
     VideoJobConfig,
     WriteStage,
 )
-from ray_jobs.common import init_ray
+from ray_jobs.common import actor_stage, init_ray, task_stage
 
 log = logging.getLogger("humanim.preprocess")
 MAX_INPUT_BLOCKS = 1024
 
 
 # The video job
-
-
-class _StageActor:
-    """Ray Data actor around one stage of pipelines/training_rows.py, built once per actor."""
-
-    def __init__(self, stage: type, threads: int, *args: Any) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self.stage = stage(*args)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
-
-
-def _run_task(batch: pa.Table, stage: type, *args: Any) -> pa.Table:
-    """Ray Data task for a light stage: built per call."""
-    return stage(*args)(batch)
-
-
-def _device(resources: StageResources) -> str:
-    return "cuda" if resources.num_gpus > 0 else "cpu"
-
-
-def _actor_stage(data: ray.data.Dataset, stage: type, resources: StageResources, args: tuple) -> ray.data.Dataset:
-    return data.map_batches(
-        _StageActor,
-        fn_constructor_args=(stage, max(1, int(resources.num_cpus)), *args),
-        batch_size=resources.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(
-            min_size=resources.workers, max_size=resources.max_workers or resources.workers
-        ),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-    )
-
-
-def _task_stage(data: ray.data.Dataset, stage: type, resources: TaskResources, args: tuple) -> ray.data.Dataset:
-    return data.map_batches(
-        _run_task,
-        fn_args=(stage, *args),
-        batch_size=resources.batch_size,
-        batch_format="pyarrow",
-        num_cpus=resources.num_cpus,
-    )
 
 
 Stage = Callable[[ray.data.Dataset], ray.data.Dataset]
@@ -106,12 +58,12 @@ def video_stages(config: VideoJobConfig, written: frozenset[str]) -> list[tuple[
     """The job's stages in order, each a Dataset -> Dataset step with its own resources."""
     res = config.resources
     return [
-        ("probe", partial(_task_stage, stage=ProbeStage, resources=res.probe, args=(config, written))),
-        ("pose", partial(_actor_stage, stage=PoseStage, resources=res.pose, args=(config,))),
-        ("decode", partial(_actor_stage, stage=DecodeStage, resources=res.decode, args=(config,))),
-        ("render", partial(_actor_stage, stage=RenderStage, resources=res.render, args=(config, _device(res.render)))),
-        ("encode", partial(_actor_stage, stage=EncodeStage, resources=res.encode, args=(config, _device(res.encode)))),
-        ("write", partial(_actor_stage, stage=WriteStage, resources=res.write, args=(config,))),
+        ("probe", partial(task_stage, stage=ProbeStage, resources=res.probe, args=(config, written))),
+        ("pose", partial(actor_stage, stage=PoseStage, resources=res.pose, args=(config,))),
+        ("decode", partial(actor_stage, stage=DecodeStage, resources=res.decode, args=(config,))),
+        ("render", partial(actor_stage, stage=RenderStage, resources=res.render, args=(config, res.render.device))),
+        ("encode", partial(actor_stage, stage=EncodeStage, resources=res.encode, args=(config, res.encode.device))),
+        ("write", partial(actor_stage, stage=WriteStage, resources=res.write, args=(config,))),
     ]
 
 

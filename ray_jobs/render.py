@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import ray
 import ray.data
 
@@ -32,47 +31,18 @@ from pipelines.render_items import (
     read_render_manifest,
     write_demo_manifest,
 )
-from pipelines.training_rows import StageResources
-from ray_jobs.common import init_ray
+from ray_jobs.common import actor_stage, init_ray
 
 log = logging.getLogger("humanim.render")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "render" / "demo.yaml"
 
 
-class StageActor:
-    """Ray Data actor around one stage (a callable on pyarrow batches), built once per actor."""
-
-    def __init__(self, stage: type, threads: int, *args: Any) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self.stage = stage(*args)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
-
-
-def actor_stage(data: ray.data.Dataset, stage: type, resources: StageResources, args: tuple) -> ray.data.Dataset:
-    """`data` through `stage(*args)` (a callable on pyarrow batches) on an actor pool sized by `resources`."""
-    pool = ray.data.ActorPoolStrategy(min_size=resources.workers, max_size=resources.max_workers or resources.workers)
-    return data.map_batches(
-        StageActor,
-        fn_constructor_args=(stage, max(1, int(resources.num_cpus)), *args),
-        batch_size=resources.batch_size,
-        batch_format="pyarrow",
-        compute=pool,
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-    )
-
-
 def render_pipeline(config: RenderJobConfig, rows: list[dict[str, Any]]) -> ray.data.Dataset:
     """The streaming dataset of metadata rows (one per manifest row) for `rows`."""
     resources = config.resources
-    device = "cuda" if resources.generate.num_gpus > 0 else "cpu"
     data = ray.data.from_arrow(input_items(rows))  # one block per row, so prepare spreads over the cluster
     data = actor_stage(data, PrepareStage, resources.prepare, (config,))
-    data = actor_stage(data, GenerateStage, resources.generate, (config, device))
+    data = actor_stage(data, GenerateStage, resources.generate, (config, resources.generate.device))
     return actor_stage(data, EncodeStage, resources.encode, (config,))
 
 

@@ -13,12 +13,22 @@ import pytest
 from helpers import CONFIGS
 
 from models.body_model import load_body_model
+from pipelines.articulated_noise import video_noise_operator
 from pipelines.config import RESOLVED_CONFIG_NAME
 from pipelines.demo_motions import make_demo_motion
 from pipelines.manifest import ManifestError
-from pipelines.motion_io import save_motion
 from pipelines.pose_video import read_pose_video, render_pose_video
-from pipelines.render_items import METADATA_NAME, RenderJobConfig, read_render_manifest, write_demo_manifest
+from pipelines.motion_io import load_motion, save_motion
+from pipelines.render_items import (
+    METADATA_NAME,
+    GenerateStage,
+    PrepareStage,
+    RenderJobConfig,
+    input_items,
+    items_from_table,
+    read_render_manifest,
+    write_demo_manifest,
+)
 from pipelines.video_io import write_video
 from ray_jobs import render
 from ray_jobs.cli import main
@@ -52,7 +62,9 @@ def manifest(tmp_path):
         {"id": "bad_frames", "image": "person.png", "motion": "walk.npz", "num_frames": 10},
     ]
     path = inputs / "manifest.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)  # missing cells are nulls: the defaults apply
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # from_pylist reads keys off row 0 only
+    # missing cells are nulls: the defaults apply
+    pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows]), path)
     return path
 
 
@@ -127,3 +139,29 @@ def test_demo_manifest(tmp_path) -> None:
         assert PIL.Image.open(row["image"]).size == (48, 32) and row["num_frames"] == 9
         truth, _ = read_pose_video(tmp_path / "demo" / "reference" / f"{row['id']}.mp4")
         assert truth.shape == (9, 32, 48, 3)
+
+
+def test_operator_built_in_prepare_gives_the_pipelines_own_video(manifest, tmp_path) -> None:
+    """The render job builds the warp operator on its CPU stage; the video equals the unsplit pipeline's."""
+    config = job_config(manifest, tmp_path / "out")
+    row = next(row for row in read_render_manifest(manifest) if row["id"] == "turn")
+    prepared = PrepareStage(config)(pa.concat_tables(input_items([row])))
+    item = items_from_table(prepared)[0]
+    assert item.status == "ok", item.error
+    assert item.state["operator.latent_shape"].tolist() == [5, 4, 4]  # 17 frames at 32x32
+    generate = GenerateStage(config, "cpu")
+    rendered = items_from_table(generate(prepared))[0]
+    assert rendered.status == "ok", rendered.error
+    direct = generate.pipeline(
+        np.asarray(PIL.Image.open(row["image"])), "", load_motion(row["motion"]), num_frames=17,
+        num_inference_steps=1, guidance_scale=1.0, gamma=0.2, seed=3,
+    )
+    np.testing.assert_array_equal(rendered.state["frames"], direct.frames)
+
+    # an operator built for another frame count is refused, naming the field
+    operator = video_noise_operator(load_motion(row["motion"]), generate.pipeline.body, config.noise, 9, (32, 32))
+    with pytest.raises(ValueError, match="warp_operator: built for the latent grid"):
+        generate.pipeline(
+            np.asarray(PIL.Image.open(row["image"])), "", load_motion(row["motion"]), num_frames=17,
+            num_inference_steps=1, guidance_scale=1.0, warp_operator=operator,
+        )

@@ -32,6 +32,12 @@ class VariantSpec:
                 f"{self.name} needs {self.frame_rule}, e.g. {self.default_num_frames}; got {num_frames}"
             )
 
+    def longest_num_frames(self, available: int) -> int:
+        """The longest valid frame count that `available` driving frames cover."""
+        if available < 1:
+            raise ValueError(f"num_frames: the driving input has no frames ({available})")
+        return available - (available - 1) % self.frame_period
+
 
 VARIANTS: dict[str, dict[str, VariantSpec]] = {
     "cogvideox": {
