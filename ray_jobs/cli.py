@@ -9,7 +9,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
-DEMO_BACKBONE = REPO_ROOT / "configs" / "demo" / "tiny-cogvideox-demo.yaml"
 DEFAULT_BACKBONE = REPO_ROOT / "configs" / "backbones" / "tiny-cogvideox.yaml"
 SERVE_CONFIG = REPO_ROOT / "configs" / "serve" / "local.yaml"
 
@@ -106,41 +105,38 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The embedded default: demo motions -> articulated-noise operators and previews on a local Ray,
-    then one video per motion from the tiny random-weight backbone (the full generation path)."""
-    from models.body_model import load_body_model
-    from pipelines.animation import AnimationPipeline
+    """The embedded default, three Ray jobs on a local Ray: the demo inputs (motions, reference images, ground
+    truth and a render manifest); their articulated-noise operators and previews (preprocess); one video per
+    manifest row from the tiny random-weight backbone (render); the videos scored against the ground truth
+    (evaluate)."""
     from pipelines.config import load_config
-    from pipelines.demo_motions import DEMO_MOTIONS
-    from pipelines.demo_reference import render_reference_image
-    from pipelines.motion_io import load_motion
     from pipelines.noise_items import MotionNoiseJobConfig
-    from ray_jobs import preprocess
+    from pipelines.render_items import RenderJobConfig, write_demo_manifest
+    from pipelines.video_metrics import EvaluateJobConfig
+    from ray_jobs import evaluate, preprocess, render
     from ray_jobs.common import init_ray
 
-    motions = args.out / "motions"
-    cmd_motion_demo(argparse.Namespace(out=motions, frames=args.frames))
-    config = load_config(MotionNoiseJobConfig, DEMO_CONFIG, {"input_dir": motions, "output_dir": args.out / "noise"})
+    inputs = args.out / "inputs"
+    render_config = load_config(
+        RenderJobConfig, render.DEFAULT_CONFIG, {"manifest": inputs / "manifest.jsonl", "output_dir": args.out / "render"}
+    )
+    write_demo_manifest(render_config.manifest, render_config.resolution(), args.frames)
+    noise_config = load_config(
+        MotionNoiseJobConfig, DEMO_CONFIG, {"input_dir": inputs / "motions", "output_dir": args.out / "noise"}
+    )
+    evaluate_config = load_config(
+        EvaluateJobConfig,
+        evaluate.DEFAULT_CONFIG,
+        {"generated": args.out / "render" / "videos", "reference": inputs / "reference",
+         "output_dir": args.out / "evaluation"},
+    )
     init_ray()
-    counts = preprocess.run(config)
-
-    body = load_body_model()
-    pipeline = AnimationPipeline.from_config(DEMO_BACKBONE, body=body)
-    videos = {}
-    for name in sorted(DEMO_MOTIONS):
-        motion = load_motion(motions / f"{name}.npz")
-        image = render_reference_image(motion, body, pipeline.adapter.resolution)
-        videos[name] = str(args.out / "videos" / f"{name}.mp4")
-        pipeline(
-            image,
-            f"a person, {name.replace('_', ' ')}",
-            motion=motion,
-            num_frames=args.video_frames,
-            num_inference_steps=args.steps,
-            seed=0,
-            output_path=videos[name],
-        )
-    print(json.dumps({**counts, "previews": str(config.output_dir / "previews"), "videos": videos}))
+    summary = {
+        "noise": preprocess.run(noise_config),
+        "render": render.run(render_config),
+        "evaluate": evaluate.run(evaluate_config),
+    }
+    print(json.dumps(summary))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -261,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
-    demo.add_argument("--frames", type=int, default=161, help="frames per demo motion")
-    demo.add_argument("--video-frames", type=int, default=97, help="frames per demo video (49-frame windows)")
-    demo.add_argument("--steps", type=int, default=10, help="denoising steps per demo video")
+    demo.add_argument("--frames", type=int, default=97, help="frames per demo motion and video (49-frame windows)")
     demo.set_defaults(func=cmd_demo)
 
     serve = commands.add_parser("serve", help=cmd_serve.__doc__)

@@ -14,10 +14,13 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from serve.config import ServeConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster.yaml"
 RAYSERVICE = ROOT / "deploy" / "kuberay-rayservice.yaml"
 SERVE_CONFIG = ROOT / "configs" / "serve" / "cluster.yaml"
+LOCAL_SERVE_CONFIG = ROOT / "configs" / "serve" / "local.yaml"
 
 _POD_TEMPLATE = {
     "type": "object",
@@ -170,6 +173,17 @@ def test_rayservice_matches_the_crd_and_embeds_the_serve_config() -> None:
     images = {c["image"] for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
               for c in spec["template"]["spec"]["containers"]}
     assert len(images) == 1
+
+
+@pytest.mark.parametrize("path", [SERVE_CONFIG, LOCAL_SERVE_CONFIG], ids=lambda p: p.name)
+def test_serve_configs_validate(path) -> None:
+    """Ray Serve's schema for the file, ours for the app's args: what `serve run`/`serve deploy` would check."""
+    config = load(path)
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    args = ServeConfig.model_validate(app["args"])
+    for entry in args.backbones.values():
+        assert (ROOT / entry.config).is_file()
 
 
 @pytest.mark.parametrize("path", [CLUSTER, RAYSERVICE, SERVE_CONFIG], ids=lambda p: p.name)
