@@ -60,6 +60,9 @@ class StageResources(BaseModel):
     num_cpus: float = Field(1.0, gt=0, description="per actor")
     num_gpus: float = Field(0.0, ge=0, description="per actor; fractions share a GPU; 0 runs on the CPU")
     batch_size: int = Field(1, ge=1, description="items per call")
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env of the actors, e.g. {pip: [...]} for an extra that needs its own packages"
+    )
 
     @property
     def device(self) -> str:

@@ -5,7 +5,8 @@
    SMPL output (`*.easymocap.json` or a `*.easymocap/` folder, see `load_easymocap`);
 2. a keypoints sidecar (`.npy`, `.npz` or `.json`, see `load_keypoints_sidecar`), fitted with
    `pipelines.smpl_fit.fit_smpl`;
-3. a keypoint estimator (`estimator=`, or the `dwpose_model` option) on the clip's decoded frames, then the fit.
+3. a keypoint estimator (`estimator=`, or the `keypoint_backend` option: DWPose with `dwpose_model`, or MediaPipe; see
+   pipelines/keypoint_estimators.py) on the clip's decoded frames, then the fit.
 Sidecars describe the whole video (one entry per video frame); the clip picks its frames by index. The motion
 comes back in the video's pixels (`image_size`) at the clip's `fps`. Every failure is a `PoseSourceError`
 (a ValueError) naming the file and what is missing or mismatched.
@@ -13,16 +14,14 @@ comes back in the video's pixels (`image_size`) at the clip's `fps`. Every failu
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial.transform import Rotation
@@ -31,15 +30,16 @@ from models.body_model import NUM_POSE_PARAMS, BodyModel, load_body_model
 from models.motion import NUM_BETAS, Motion, MotionError, motion_from_arrays
 from pipelines.clips import CropBox, crop_motion, crop_transform, decode_frames
 from pipelines.config import validate_config
+from pipelines.keypoint_estimators import (
+    COCO17_JOINTS,
+    DWPOSE_MODEL_NAME,
+    MediaPipeEstimator,
+    dwpose_estimator,
+)
 from pipelines.motion_io import load_motion
 from pipelines.pose_video import layout_for
 from pipelines.smpl_fit import FitConfig, fit_smpl
 
-DWPOSE_MODEL_NAME = "dw-ll_ucoco_384.onnx"
-COCO17_JOINTS = 17  # DWPose's whole-body output starts with the COCO-17 body keypoints
-DWPOSE_BOX_PADDING = 1.25  # RTMPose enlarges a person box by this before cropping
-_IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, as in RTMPose's data preprocessor
-_IMAGENET_STD = (58.395, 57.12, 57.375)
 _CAMERA_FILES = ("intri.yml", "extri.yml")
 
 
@@ -54,7 +54,10 @@ class PoseOptions(BaseModel):
 
     fit: FitConfig = Field(default_factory=FitConfig)
     device: str = Field("cpu", description="torch device of the SMPL fit")
-    dwpose_model: Path | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for clips without sidecars")
+    keypoint_backend: Literal["dwpose", "mediapipe"] = Field(
+        "dwpose", description="keypoint estimator for clips without sidecars (pipelines/keypoint_estimators.py)"
+    )
+    dwpose_model: Path | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for the dwpose estimator")
     person_id: int | None = Field(None, description="EasyMocap person id; None: the first person of the first frame")
     easymocap_camera: str | None = Field(None, description="camera name in intri.yml/extri.yml; None: the first")
 
@@ -101,12 +104,7 @@ def clip_motion(
         _check_frames(len(sidecar.keypoints2d), video_frames, f"keypoints sidecar {keypoints}")
         points, K = _at_image_size(sidecar, indices, image_size, Path(keypoints))
         return _fit(points, K, image_size, fps, sidecar.layout, body, opts)
-    if estimator is None and opts.dwpose_model is None:
-        raise PoseSourceError(
-            f"no pose source for {video}: no motion sidecar, no keypoints sidecar, and no keypoint estimator "
-            f"(set the pose option dwpose_model to DWPose's {DWPOSE_MODEL_NAME})"
-        )
-    points = _estimate(estimator or _dwpose(opts.dwpose_model), video, indices, image_size)
+    points = _estimate(estimator or _configured_estimator(opts, video), video, indices, image_size)
     return _fit(points, guess_intrinsics(image_size), image_size, fps, "coco17", body, opts)
 
 
@@ -120,6 +118,17 @@ def _estimate(estimator: KeypointEstimator, video: str | Path, indices: np.ndarr
     if list(points.shape) != expected:
         raise PoseSourceError(f"keypoint estimator returned shape {list(points.shape)}, expected {expected}")
     return points
+
+
+def _configured_estimator(opts: PoseOptions, video: str | Path) -> KeypointEstimator:
+    if opts.keypoint_backend == "mediapipe":
+        return MediaPipeEstimator()
+    if opts.dwpose_model is None:
+        raise PoseSourceError(
+            f"no pose source for {video}: no motion sidecar, no keypoints sidecar, and no keypoint estimator "
+            f"(set the pose option dwpose_model to DWPose's {DWPOSE_MODEL_NAME}, or keypoint_backend: mediapipe)"
+        )
+    return dwpose_estimator(opts.dwpose_model)
 
 
 def guess_intrinsics(image_size: tuple[int, int]) -> np.ndarray:
@@ -455,116 +464,3 @@ def easymocap_to_motion(
         return crop_motion(motion, _full_frame(image_size), image_size, image_size)
     except MotionError as err:
         raise PoseSourceError(f"EasyMocap camera: {err}") from None
-
-
-# DWPose
-
-
-def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = 2.0) -> np.ndarray:
-    """SimCC logits [...,K,Wx] and [...,K,Hy] -> keypoints [...,K,3] in input pixels with confidence.
-
-    Each axis takes its arg-max bin divided by `split_ratio`; the confidence is the smaller of the two peak
-    values, clipped to [0, 1] (0 where a peak is not positive, as RTMPose marks invisible keypoints).
-    """
-    x = np.argmax(simcc_x, axis=-1) / split_ratio
-    y = np.argmax(simcc_y, axis=-1) / split_ratio
-    score = np.minimum(np.max(simcc_x, axis=-1), np.max(simcc_y, axis=-1))
-    return np.stack([x, y, np.clip(score, 0.0, 1.0)], axis=-1).astype(np.float64)
-
-
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError(
-            "DWPoseOnnxEstimator needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu on CUDA machines)"
-        ) from None
-    return onnxruntime
-
-
-class DWPoseOnnxEstimator:
-    """COCO-17 body keypoints from DWPose's whole-body RTMPose ONNX model through onnxruntime.
-
-    Each frame is cropped to the person box (`box` (x0, y0, x1, y1) in pixels, enlarged by
-    DWPOSE_BOX_PADDING; default the whole frame, not enlarged) widened to the model's aspect ratio, resized
-    to its input (288x384 for dw-ll_ucoco_384), normalised with ImageNet mean/std and run; the SimCC output
-    is decoded and mapped back to frame pixels. Of its 133 whole-body keypoints the first 17 (the COCO body)
-    are returned.
-    """
-
-    def __init__(
-        self, model_path: str | Path, box: Sequence[float] | None = None, providers: Sequence[str] | None = None
-    ) -> None:
-        path = Path(model_path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"DWPose model not found: {path}; put DWPose's whole-body RTMPose ONNX file ({DWPOSE_MODEL_NAME}) there"
-            )
-        ort = _import_onnxruntime()
-        self.session = ort.InferenceSession(str(path), providers=list(providers or ort.get_available_providers()))
-        model_input = self.session.get_inputs()[0]
-        shape = list(model_input.shape)
-        if len(shape) != 4 or shape[1] != 3 or not all(isinstance(side, int) and side > 0 for side in shape[2:]):
-            raise ValueError(f"DWPose model {path}: expected a fixed input [N,3,H,W], got {shape}")
-        self.input_name = model_input.name
-        self.input_size = (shape[2], shape[3])  # H, W
-        if box is not None and (len(box) != 4 or not box[2] > box[0] or not box[3] > box[1]):
-            raise ValueError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
-        self.box = None if box is None else tuple(float(v) for v in box)
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 RGB frames [T,H,W,3] -> keypoints [T,17,3] (x, y in frame pixels, confidence)."""
-        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-            raise ValueError(f"frames must be uint8 [T,H,W,3], got {getattr(frames, 'dtype', type(frames))} {list(np.shape(frames))}")
-        centre, extent = self._crop_box(frames.shape[1:3])
-        keypoints = []
-        for frame in frames:
-            crop = _crop_normalised(frame, centre, extent, self.input_size)
-            simcc_x, simcc_y = self.session.run(None, {self.input_name: crop[None]})[:2]
-            ratio = simcc_x.shape[-1] / self.input_size[1]
-            points = decode_simcc(simcc_x[0, :COCO17_JOINTS], simcc_y[0, :COCO17_JOINTS], ratio)
-            points[:, :2] = _crop_to_frame(points[:, :2], centre, extent, self.input_size)
-            keypoints.append(points)
-        return np.stack(keypoints)
-
-    def _crop_box(self, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Centre and extent (x, y) of the crop in frame pixels, at the model's aspect ratio."""
-        if self.box is None:
-            x0, y0, x1, y1, padding = -0.5, -0.5, frame_size[1] - 0.5, frame_size[0] - 0.5, 1.0
-        else:
-            (x0, y0, x1, y1), padding = self.box, DWPOSE_BOX_PADDING
-        centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-        width, height = (x1 - x0) * padding, (y1 - y0) * padding
-        aspect = self.input_size[1] / self.input_size[0]
-        width, height = max(width, height * aspect), max(height, width / aspect)
-        return centre, np.array([width, height])
-
-
-def _crop_normalised(frame: np.ndarray, centre: np.ndarray, extent: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """The crop of `frame` (centre, extent in pixels) resized bilinearly to input_size, normalised: float32 [3,h,w].
-
-    Crop pixel j covers frame x = centre + (j + 0.5 - w/2) * extent / w; outside the frame is black.
-    """
-    height, width = input_size
-    xs = centre[0] + (np.arange(width) + 0.5 - width / 2) * extent[0] / width
-    ys = centre[1] + (np.arange(height) + 0.5 - height / 2) * extent[1] / height
-    frame_h, frame_w = frame.shape[:2]
-    grid_x = torch.from_numpy(2 * xs / max(frame_w - 1, 1) - 1).float()
-    grid_y = torch.from_numpy(2 * ys / max(frame_h - 1, 1) - 1).float()
-    grid = torch.stack(torch.meshgrid(grid_x, grid_y, indexing="xy"), dim=-1)[None]
-    pixels = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
-    crop = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    mean, std = torch.tensor(_IMAGENET_MEAN)[:, None, None], torch.tensor(_IMAGENET_STD)[:, None, None]
-    return ((crop - mean) / std).numpy()
-
-
-def _crop_to_frame(points: np.ndarray, centre: np.ndarray, extent: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """Input-pixel coordinates [K,2] -> frame pixels (the inverse of `_crop_normalised`'s sampling)."""
-    size = np.array([input_size[1], input_size[0]], dtype=np.float64)
-    return centre + (points + 0.5 - size / 2) * extent / size
-
-
-@functools.lru_cache(maxsize=2)
-def _dwpose(model_path: Path) -> DWPoseOnnxEstimator:
-    """One DWPose session per model file and process."""
-    return DWPoseOnnxEstimator(model_path)

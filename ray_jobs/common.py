@@ -47,6 +47,7 @@ def actor_stage(data: ray.data.Dataset, stage: type, resources: StageResources, 
         ),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
+        **({"runtime_env": resources.runtime_env} if resources.runtime_env else {}),
     )
 
 

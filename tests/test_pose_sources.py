@@ -16,12 +16,17 @@ from models.keypoints import COCO17, motion_keypoints2d
 from models.motion import Motion, motion_from_arrays
 from pipelines.demo_motions import make_demo_motion
 from pipelines.motion_io import save_motion
-from pipelines.pose_sources import (
+from pipelines.keypoint_estimators import (
+    BLAZEPOSE_TO_COCO17,
     DWPOSE_MODEL_NAME,
     DWPoseOnnxEstimator,
+    MediaPipeEstimator,
+    blazepose_to_coco17,
+    decode_simcc,
+)
+from pipelines.pose_sources import (
     PoseSourceError,
     clip_motion,
-    decode_simcc,
     easymocap_to_motion,
     guess_intrinsics,
     load_keypoints_sidecar,
@@ -300,6 +305,66 @@ def test_dwpose_missing_model_or_onnxruntime_is_explained(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         DWPoseOnnxEstimator(model)
+
+
+def test_blazepose_landmarks_map_to_coco17_pixels():
+    landmarks = np.zeros((2, 33, 3))
+    landmarks[..., 0] = np.arange(33) / 33  # x encodes the landmark index
+    landmarks[..., 1] = 0.5
+    landmarks[..., 2] = 1.5  # visibility above 1 is clipped
+    points = blazepose_to_coco17(landmarks, (100, 330))
+    assert points.shape == (2, 17, 3)
+    assert np.allclose(points[0, :, 0], np.array(BLAZEPOSE_TO_COCO17) * 10 - 0.5)
+    assert np.allclose(points[..., 1], 49.5) and np.all(points[..., 2] == 1.0)
+    # COCO order: nose, left eye, right eye, left ear, right ear, then left/right pairs down the body
+    assert BLAZEPOSE_TO_COCO17[:5] == (0, 2, 5, 7, 8) and BLAZEPOSE_TO_COCO17[11:13] == (23, 24)
+    with pytest.raises(ValueError, match=r"landmarks must be \[T,33,3\]"):
+        blazepose_to_coco17(np.zeros((2, 17, 3)), (100, 330))
+
+
+def fake_mediapipe() -> types.ModuleType:
+    """A mediapipe stand-in whose tracker 'finds' every landmark at the brightest red pixel (none when black)."""
+    module = types.ModuleType("mediapipe")
+
+    class Pose:
+        def __init__(self, **options):
+            self.options = options
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def process(self, frame):
+            red = frame[..., 0]
+            if red.max() == 0:
+                return types.SimpleNamespace(pose_landmarks=None)
+            row, col = np.unravel_index(np.argmax(red), red.shape)
+            mark = types.SimpleNamespace(x=(col + 0.5) / red.shape[1], y=(row + 0.5) / red.shape[0], visibility=0.7)
+            return types.SimpleNamespace(pose_landmarks=types.SimpleNamespace(landmark=[mark] * 33))
+
+    module.solutions = types.SimpleNamespace(pose=types.SimpleNamespace(Pose=Pose))
+    return module
+
+
+def test_mediapipe_estimator_tracks_frames_and_marks_missing_people(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", fake_mediapipe())
+    frames = np.zeros((3, 60, 80, 3), dtype=np.uint8)
+    frames[0, 10, 70, 0] = 255
+    frames[2, 50, 5, 0] = 255
+    keypoints = MediaPipeEstimator()(frames)
+    assert keypoints.shape == (3, 17, 3)
+    assert np.allclose(keypoints[0, :, :2], [70, 10]) and np.allclose(keypoints[2, :, :2], [5, 50])
+    assert np.allclose(keypoints[[0, 2], :, 2], 0.7) and np.all(keypoints[1] == 0)  # no person: confidence 0
+
+
+def test_mediapipe_missing_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    with pytest.raises(ImportError, match=r"mediapipe==0\.10\.21.*runtime_env"):
+        MediaPipeEstimator()
+    with pytest.raises(ImportError, match="runtime_env"):  # clip_motion reaches it when no sidecar is there
+        clip_motion("unused.mp4", [0], 1, (60, 80), 24.0, keypoint_backend="mediapipe")
 
 
 def test_guessed_intrinsics_are_a_valid_motion_camera():
