@@ -240,6 +240,35 @@ def build_warp_operator(
     return WarpOperator(indptr, pairs % num_sources, values, latent_shape, texture_size, num_background)
 
 
+def stack_latent_frames(parts: list[WarpOperator], background: BackgroundMode = "static") -> WarpOperator:
+    """One operator from operators built for consecutive runs of latent frames (same grid, texture and rule),
+    equal to building it over all the frames at once: a cell's row depends only on its own latent frame.
+    `background` is the mode they were built with: "per_frame" background units are renumbered to follow
+    their frames."""
+    if not parts:
+        raise ValueError("parts: need at least one operator")
+    first = parts[0]
+    _, height, width = first.latent_shape
+    if any(part.latent_shape[1:] != (height, width) or part.texture_size != first.texture_size for part in parts):
+        raise ValueError("parts: every operator must share the latent grid (h, w) and the texture size")
+    indptr, indices, values = [first.indptr[:1]], [], []
+    frames = nnz = 0
+    for part in parts:
+        ids = part.indices
+        if background == "per_frame":
+            ids = torch.where(ids >= part.num_texels, ids + frames * height * width, ids)
+        indptr.append(part.indptr[1:] + nnz)
+        indices.append(ids)
+        values.append(part.values)
+        frames += part.latent_shape[0]
+        nnz += int(part.indptr[-1])
+    num_background = height * width * (frames if background == "per_frame" else 1)
+    return WarpOperator(
+        torch.cat(indptr), torch.cat(indices), torch.cat(values), (frames, height, width), first.texture_size,
+        num_background,
+    )
+
+
 def degrade(warped: torch.Tensor, fresh: torch.Tensor, gamma: float | torch.Tensor) -> torch.Tensor:
     """Mix fresh i.i.d. noise into warped noise at level gamma, keeping unit variance.
 

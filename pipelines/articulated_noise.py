@@ -19,11 +19,14 @@ from models.noise_warp import (
     build_warp_operator,
     latent_frame_of,
     latent_num_frames,
+    stack_latent_frames,
 )
 from models.rasterizer import rasterize, scale_intrinsics, uv_map
 from pipelines.config import validate_config
 
 SPATIAL_FACTOR = 8  # VAE downsampling of every supported backbone
+# Latent frames rendered at once for generation: 8 (29 video frames) keeps a 480x720 build to a few hundred MB.
+OPERATOR_CHUNK_LATENT_FRAMES = 8
 
 
 class NoiseConfig(BaseModel):
@@ -100,15 +103,23 @@ def _motion_tensors(motion: Motion, frames: torch.Tensor, device: torch.device) 
 
 
 def render_motion(
-    motion: Motion, body: BodyModel, config: NoiseConfig, device: torch.device | str = "cpu"
+    motion: Motion,
+    body: BodyModel,
+    config: NoiseConfig,
+    device: torch.device | str = "cpu",
+    latent_range: tuple[int, int] | None = None,
 ) -> NoiseRender:
-    """Pose the body for the frames the operator needs and rasterize them at render size."""
+    """Pose the body for the frames the operator needs (those of latent frames [start, stop) of `latent_range`,
+    else all) and rasterize them at render size."""
     if motion.num_frames < config.num_frames:
         raise MotionError(
             f"motion has {motion.num_frames} frames but num_frames={config.num_frames} were requested"
         )
     device = torch.device(device)
     frames, latent_frames = rendered_frames(config.num_frames, config.group_frames)
+    if latent_range is not None:
+        keep = (latent_frames >= latent_range[0]) & (latent_frames < latent_range[1])
+        frames, latent_frames = frames[keep], latent_frames[keep]
     with torch.no_grad():
         vertices = body.to(device)(**_motion_tensors(motion, frames, device)).vertices
     render_h, render_w = config.render_size
@@ -136,16 +147,22 @@ def build_motion_operator(
 ) -> tuple[WarpOperator, NoiseRender]:
     """The warp operator of the first `config.num_frames` frames of a motion."""
     render = render_motion(motion, body, config, device)
-    operator = build_warp_operator(
+    return _warp_operator(render, config, (0, config.latent_shape[0])), render
+
+
+def _warp_operator(render: NoiseRender, config: NoiseConfig, latent_range: tuple[int, int]) -> WarpOperator:
+    """The operator of latent frames [start, stop) from their render."""
+    start, stop = latent_range
+    _, height, width = config.latent_shape
+    return build_warp_operator(
         render.uv,
         render.mask,
-        render.latent_frames,
-        config.latent_shape,
+        render.latent_frames - start,
+        (stop - start, height, width),
         (config.texture_size, config.texture_size),
         rule=config.rule,
         background=config.background,
     )
-    return operator, render
 
 
 def video_noise_operator(
@@ -155,16 +172,25 @@ def video_noise_operator(
     num_frames: int,
     resolution: tuple[int, int],
     device: torch.device | str = "cpu",
+    chunk_latent_frames: int = OPERATOR_CHUNK_LATENT_FRAMES,
 ) -> WarpOperator:
     """The operator for generating `num_frames` frames at `resolution` (H, W) from `motion`: ONE operator over
     the whole video (one texture), so every window of a long video samples a slice of the same noise.
-    `options` are the other `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames)."""
+    `options` are the other `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames).
+
+    Built `chunk_latent_frames` latent frames at a time and stacked (the same operator as one build), so the
+    renders held at once, and the memory, do not grow with the video's length."""
     config = validate_config(
         NoiseConfig,
         {**options, "num_frames": num_frames, "height": resolution[0], "width": resolution[1]},
         source="noise options",
     )
-    return build_motion_operator(motion, body, config, device)[0]
+    num_latent = config.latent_shape[0]
+    parts = []
+    for start in range(0, num_latent, chunk_latent_frames):
+        chunk = (start, min(start + chunk_latent_frames, num_latent))
+        parts.append(_warp_operator(render_motion(motion, body, config, device, chunk), config, chunk))
+    return stack_latent_frames(parts, config.background)
 
 
 def _to_video_size(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

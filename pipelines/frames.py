@@ -3,6 +3,8 @@ resolution, and uint8 frames to and from the [-1, 1] pixels the backbones take."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import torch
@@ -23,6 +25,17 @@ def _resized(frames: np.ndarray, size: tuple[int, int], field: str) -> np.ndarra
     flat = frames.reshape(-1, height, width, 3)
     resized = [np.asarray(PIL.Image.fromarray(f).resize(size[::-1], PIL.Image.Resampling.BICUBIC)) for f in flat]
     return np.stack(resized).reshape(*frames.shape[:-3], *size, 3)
+
+
+def read_image(path: str | Path) -> PIL.Image.Image:
+    """A reference image file, opened and loaded (its mode is checked by `image_pixels`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image: file not found: {path}")
+    try:
+        with PIL.Image.open(path) as opened:
+            return opened.copy()
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"image: {path} is not an image file PIL can read") from None
 
 
 def image_pixels(image: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -93,12 +93,10 @@ def list_folder(folder: Path) -> list[VideoItem]:
     return _unique([_folder_item(video) for video in videos], str(folder))
 
 
-def _cell(value: Any) -> Any:
-    return None if value is None or (isinstance(value, str) and not value.strip()) else value
-
-
-def read_manifest(path: Path) -> list[VideoItem]:
-    """The rows of a Parquet, JSONL or CSV manifest as video items, in file order."""
+def manifest_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A Parquet, JSONL or CSV manifest's column names and rows, in file order; empty cells are None."""
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path} (expected a .parquet, .jsonl or .csv file)")
     reader = MANIFEST_READERS.get(path.suffix.lower())
     if reader is None:
         raise ManifestError(f"manifest {path}: unknown format; use one of {sorted(MANIFEST_READERS)}")
@@ -106,15 +104,25 @@ def read_manifest(path: Path) -> list[VideoItem]:
         table: pa.Table = reader(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise ManifestError(f"manifest {path} cannot be read: {err}") from None
-    unknown = sorted(set(table.column_names) - set(MANIFEST_COLUMNS))
-    if unknown or "video" not in table.column_names:
+    rows = [{key: _blank_to_none(value) for key, value in row.items()} for row in table.to_pylist()]
+    return table.column_names, rows
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def read_manifest(path: Path) -> list[VideoItem]:
+    """The rows of a Parquet, JSONL or CSV manifest as video items, in file order."""
+    columns, rows = manifest_rows(path)
+    unknown = sorted(set(columns) - set(MANIFEST_COLUMNS))
+    if unknown or "video" not in columns:
         raise ManifestError(
             f"manifest {path}: needs a 'video' column and may have {list(MANIFEST_COLUMNS[1:])} and 'id'; "
-            f"got columns {table.column_names}"
+            f"got columns {columns}"
         )
     items = []
-    for index, row in enumerate(table.to_pylist()):
-        row = {key: _cell(value) for key, value in row.items()}
+    for index, row in enumerate(rows):
         if row["video"] is None:
             raise ManifestError(f"manifest {path}: row {index} has no 'video'")
         paths = {key: str(path.parent / str(row[key])) for key in PATH_COLUMNS if row.get(key) is not None}

@@ -63,8 +63,8 @@ from pipelines.config import StageResources, validate_config
 from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
 from pipelines.demo_reference import render_reference_image
 from pipelines.failures import describe_error
-from pipelines.frames import image_pixels, pose_video_pixels
-from pipelines.manifest import MANIFEST_READERS, ManifestError
+from pipelines.frames import image_pixels, pose_video_pixels, read_image
+from pipelines.manifest import ManifestError, manifest_rows
 from pipelines.motion_io import load_motion, save_motion
 from pipelines.noise_items import BodyConfig
 from pipelines.pose_video import read_pose_video
@@ -193,32 +193,19 @@ class RenderRow(BaseModel):
 # The manifest
 
 
-def _cell(value: Any) -> Any:
-    return None if value is None or (isinstance(value, str) and not value.strip()) else value
-
-
 def read_render_manifest(path: str | Path) -> list[dict[str, Any]]:
     """The manifest's rows as dicts, in file order, with paths resolved; row values are checked later, per row."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path} (expected a .parquet, .jsonl or .csv file)")
-    reader = MANIFEST_READERS.get(path.suffix.lower())
-    if reader is None:
-        raise ManifestError(f"manifest {path}: unknown format; use one of {sorted(MANIFEST_READERS)}")
-    try:
-        table: pa.Table = reader(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ManifestError(f"manifest {path} cannot be read: {err}") from None
+    columns, table_rows = manifest_rows(path)
     known = set(RenderRow.model_fields)
-    unknown = sorted(set(table.column_names) - known)
-    if unknown or not {"id", "image"} <= set(table.column_names):
+    unknown = sorted(set(columns) - known)
+    if unknown or not {"id", "image"} <= set(columns):
         raise ManifestError(
             f"manifest {path}: needs 'id' and 'image' columns and may have {sorted(known - {'id', 'image'})}; "
-            f"got columns {table.column_names}"
+            f"got columns {columns}"
         )
     rows, seen = [], set()
-    for index, row in enumerate(table.to_pylist()):
-        row = {key: _cell(value) for key, value in row.items()}
+    for index, row in enumerate(table_rows):
         item_id = None if row["id"] is None else str(row["id"])
         if item_id is None or not ID_PATTERN.fullmatch(item_id):
             raise ManifestError(
@@ -341,17 +328,6 @@ class _Stage:
 
 
 # Stages
-
-
-def read_image(path: str) -> PIL.Image.Image:
-    """A reference image file, opened and loaded (its mode is checked by `image_pixels`)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image: file not found: {path}")
-    try:
-        with PIL.Image.open(path) as opened:
-            return opened.copy()
-    except PIL.UnidentifiedImageError:
-        raise ValueError(f"image: {path} is not an image file PIL can read") from None
 
 
 class PrepareStage(_Stage):

@@ -141,16 +141,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Animate a reference image with a motion and/or a pose video; writes an MP4."""
-    import PIL.Image
-
     from models.body_model import load_body_model
     from pipelines.animation import AnimationPipeline
+    from pipelines.frames import read_image
 
-    try:
-        with PIL.Image.open(args.image) as opened:
-            image = opened.copy()
-    except PIL.UnidentifiedImageError:
-        raise ValueError(f"image: {args.image} is not an image file PIL can read") from None
+    image = read_image(args.image)
     body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None
     pipeline = AnimationPipeline.from_config(
         args.backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body

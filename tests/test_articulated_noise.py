@@ -9,7 +9,14 @@ import torch
 
 from models.body_model import load_body_model
 from models.motion import MotionError
-from pipelines.articulated_noise import NoiseConfig, build_motion_operator, preview_frames, rendered_frames
+from models.noise_warp import stack_latent_frames
+from pipelines.articulated_noise import (
+    NoiseConfig,
+    build_motion_operator,
+    preview_frames,
+    rendered_frames,
+    video_noise_operator,
+)
 from pipelines.demo_motions import make_demo_motion
 from pipelines.motion_io import save_motion
 from ray_jobs.cli import main as cli
@@ -39,6 +46,21 @@ def test_operator_from_a_demo_motion(body) -> None:
     assert texel_entries.sum() > 50
     noise = operator.sample(torch.Generator().manual_seed(0), 4)
     assert noise.shape == (3, 4, 12, 18) and torch.isfinite(noise).all()
+
+
+@pytest.mark.parametrize("background", ["static", "per_frame"])
+def test_chunked_build_is_the_same_operator(body, background) -> None:
+    motion = make_demo_motion("turn", 29)  # 8 latent frames
+    options = {**SMALL.model_dump(exclude={"num_frames", "height", "width"}), "background": background}
+    whole, _ = build_motion_operator(motion, body, NoiseConfig(**options, num_frames=29, height=96, width=144))
+    for chunk in (1, 3, 8):
+        chunked = video_noise_operator(motion, body, options, 29, (96, 144), chunk_latent_frames=chunk)
+        assert chunked.latent_shape == whole.latent_shape and chunked.num_background == whole.num_background
+        for name in ("indptr", "indices", "values"):
+            assert torch.equal(getattr(chunked, name), getattr(whole, name)), (chunk, name)
+    with pytest.raises(ValueError, match="share the latent grid"):
+        small = build_motion_operator(motion, body, NoiseConfig(**options, num_frames=9, height=64, width=96))[0]
+        stack_latent_frames([whole, small], background)
 
 
 def test_rendered_frames_follow_the_vae_groups() -> None:
