@@ -292,7 +292,7 @@ def gathered(engine: Any) -> Iterator[None]:
 
 def export_weights(modules: TrainedModules, directory: Path) -> None:
     """The trained weights in the animation pipeline's formats (see the module docstring)."""
-    if any("lora" in name for name, _ in modules.transformer.named_parameters()):
+    if getattr(modules.transformer, "peft_config", None):
         modules.adapter.save_lora(directory)
     else:
         modules.transformer.save_pretrained(directory / "transformer")

@@ -61,16 +61,18 @@ def generate_row(
 
 
 def validate(
-    pipeline: AnimationPipeline, rows: pa.Table, settings: ValidationSettings, loss: LossConfig, folder: Path
+    pipeline: AnimationPipeline, rows: pa.Table, settings: ValidationSettings, loss: LossConfig, folder: Path | None
 ) -> dict[str, float]:
-    """Generate every row of `rows` into `folder` and return the mean L1, PSNR and SSIM as `val_<metric>`."""
+    """Generate every row of `rows` (as MP4s into `folder`, unless None) and return the mean L1, PSNR and SSIM as
+    `val_<metric>`."""
     adapter = pipeline.adapter
     batch = training_batch(rows, adapter, adapter.device, operator_device="cpu")
     scores: dict[str, list[float]] = {name: [] for name in METRICS}
     for index, clip_id in enumerate(rows.column("clip_id").to_pylist()):
         frames = generate_row(pipeline, batch, index, settings, loss)
         truth = to_uint8(adapter.decode_latents(batch.latents[index : index + 1]))
-        write_video(folder / f"{clip_id}.mp4", frames, settings.fps)
+        if folder is not None:
+            write_video(folder / f"{clip_id}.mp4", frames, settings.fps)
         for name, metric in METRICS.items():
             scores[name].append(metric(frames, truth))
     return {f"val_{name}": float(np.mean(values)) for name, values in scores.items()}

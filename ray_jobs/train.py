@@ -118,6 +118,19 @@ def _inject_failure(config: TrainJobConfig, step: int, rank: int) -> None:
         os._exit(1)
 
 
+def _report(engine: Any, state: TrainState, metrics: dict[str, float], config: TrainJobConfig, rank: int) -> None:
+    """Report the step's metrics to Ray Train when due, with a checkpoint every `checkpoint_every_steps` and at the
+    end (every worker writes its share into a local folder; Ray Train merges them into the run folder)."""
+    step = state.step
+    if step % config.checkpoint_every_steps == 0 or step == config.max_steps:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as directory:
+            save_checkpoint(engine, Path(directory), state, rank)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report({"step": step, **metrics}, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:08d}")
+    elif config.logging.report_every_steps and step % config.logging.report_every_steps == 0:
+        ray.train.report({"step": step, **metrics})
+
+
 def train_worker(settings: dict[str, Any]) -> None:
     """The per-worker training loop (Ray Train's train_loop_per_worker)."""
     config = TrainJobConfig.model_validate(settings["config"])
@@ -163,13 +176,7 @@ def train_worker(settings: dict[str, Any]) -> None:
                     metrics.update(validate(pipeline, held_out, validation, config.loss, folder))
             if sinks is not None and (step % config.logging.every_steps == 0 or step == config.max_steps):
                 sinks.log(metrics, step)
-            if step % config.checkpoint_every_steps == 0 or step == config.max_steps:
-                with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as directory:
-                    save_checkpoint(engine, Path(directory), state, rank)
-                    ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                     checkpoint_dir_name=f"checkpoint_{step:08d}")
-            elif config.logging.report_every_steps and step % config.logging.report_every_steps == 0:
-                ray.train.report({"step": step, **metrics})
+            _report(engine, state, metrics, config, rank)
             _inject_failure(config, step, rank)
             last = time.perf_counter()
         final_export(engine, config.run_dir / EXPORT_DIR, rank)
