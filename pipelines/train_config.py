@@ -136,7 +136,7 @@ class TrainJobConfig(_Strict):
     checkpoint_every_steps: int = Field(gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     max_failures: int = Field(3, ge=-1, description="worker-group restarts from the latest checkpoint; -1: no limit")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     optimizer: OptimizerSettings = OptimizerSettings()
     validation: ValidationSettings = ValidationSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -20,6 +20,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 import yaml
 
+from models.backbones.config import BackboneConfig
 from pipelines.config import RESOLVED_CONFIG_NAME
 from pipelines.row_reader import RowKey
 from pipelines.train_config import TrainJobConfig
@@ -52,8 +53,6 @@ def _check_backbone(store: RowStore, config: TrainJobConfig) -> None:
     written = yaml.safe_load(store.read_text(RESOLVED_CONFIG_NAME) or "null") or {}
     if not isinstance(written.get("backbone"), dict):
         return
-    from models.backbones import BackboneConfig
-
     rows, ours = BackboneConfig.model_validate(written["backbone"]), config.backbone_config()
 
     def shape(backbone: BackboneConfig) -> dict[str, Any]:

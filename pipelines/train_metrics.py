@@ -46,7 +46,7 @@ class MetricSinks:
             mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
             mlflow.set_experiment(settings.mlflow.experiment)
             mlflow.start_run(run_name=run_name)
-            mlflow.log_params({key: json.dumps(value) for key, value in config.items()})
+            mlflow.log_dict(config, "config.resolved.json")
             self._mlflow = mlflow
         if settings.wandb is not None:
             import wandb

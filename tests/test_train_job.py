@@ -196,11 +196,22 @@ def test_the_export_reloads_into_the_pipeline_and_changes_its_output(reference) 
 # Fault tolerance
 
 
-def test_a_killed_worker_resumes_and_ends_with_the_uninterrupted_weights(reference, rows_dir, tmp_path) -> None:
+def test_a_killed_worker_resumes_and_ends_with_the_uninterrupted_weights(reference, rows_dir, tmp_path, capsys) -> None:
+    """Run through the command line (`humanim train`, i.e. `python -m ray_jobs.train`), losing worker 1 two steps
+    after a checkpoint."""
     uninterrupted, _ = reference
     fail_after = uninterrupted.checkpoint_every_steps + 2
-    config = train_config(rows_dir, tmp_path, inject_failure={"after_step": fail_after, "rank": 1})
-    summary = train.run(config)
+    data = {
+        **yaml.safe_load(CONFIG.read_text()),
+        "output_dir": str(tmp_path),
+        "data": {"rows_dir": str(rows_dir), "validation_rows": 1, "read_tasks": 1},
+        "inject_failure": {"after_step": fail_after, "rank": 1},
+    }
+    path = _write(tmp_path, data)
+    cli.main(["train", "--config", str(path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    config = load_config(TrainJobConfig, path)
+    assert summary["run_dir"] == str(config.run_dir)
     assert (config.run_dir / train.FAILURE_MARKER).is_file()
     assert summary["metrics"]["step"] == config.max_steps
 
