@@ -6,10 +6,15 @@ channels: u, v (the body's UV coordinates) and the logit of the body mask.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import load_module, save_module
+
+MOTION_DECODER_WEIGHTS_NAME = "motion_decoder.safetensors"
 UPSCALE = 4  # output pixels per latent cell side (two stride-2 blocks)
 UV_CHANNELS = slice(0, 2)
 MASK_CHANNEL = 2
@@ -20,6 +25,7 @@ class MotionDecoder(nn.Module):
 
     def __init__(self, latent_channels: int, hidden_channels: int = 64):
         super().__init__()
+        self.settings = {"latent_channels": latent_channels, "hidden_channels": hidden_channels}
         layers: list[nn.Module] = []
         channels = latent_channels
         for width in (hidden_channels, hidden_channels // 2):
@@ -37,6 +43,18 @@ class MotionDecoder(nn.Module):
         batch, frames = latents.shape[:2]
         maps = self.layers(latents.flatten(0, 1).to(next(self.parameters()).dtype))
         return maps.unflatten(0, (batch, frames))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `motion_decoder.safetensors` (weights, BatchNorm statistics and sizes) into `directory`."""
+        return save_module(self, Path(directory) / MOTION_DECODER_WEIGHTS_NAME, "motion_decoder", self.settings)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MotionDecoder:
+        """Rebuild a decoder saved by `save` (on CPU, in the saved dtype)."""
+        return load_module(
+            cls, Path(directory) / MOTION_DECODER_WEIGHTS_NAME, "motion_decoder", "motion decoder",
+            "MotionDecoder.save(directory)",
+        )
 
 
 def motion_targets(

@@ -8,7 +8,6 @@ output layers start at zero, so an untrained PadaLN leaves the backbone's output
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -16,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .backbones.base import BackboneAdapter
+from .weights import load_module, save_module
 
 PADALN_WEIGHTS_NAME = "padaln.safetensors"
 
@@ -151,25 +149,12 @@ class PadaLN(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write `padaln.safetensors` (weights and sizes) into `directory`, next to the LoRA weights."""
-        path = Path(directory) / PADALN_WEIGHTS_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.contiguous() for name, tensor in self.state_dict().items()}
-        save_file(tensors, str(path), metadata={"padaln": json.dumps(self.settings)})
-        return path
+        return save_module(self, Path(directory) / PADALN_WEIGHTS_NAME, "padaln", self.settings)
 
     @classmethod
     def load(cls, directory: str | Path) -> PadaLN:
         """Rebuild a PadaLN saved by `save` (on CPU, in the saved dtype)."""
-        path = Path(directory) / PADALN_WEIGHTS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"No PadaLN weights at {path}; PadaLN.save(directory) writes them there")
-        with safe_open(str(path), framework="pt") as f:
-            settings = json.loads(f.metadata()["padaln"])
-        padaln = cls(**settings)
-        tensors = load_file(str(path))
-        padaln.to(next(iter(tensors.values())).dtype)
-        padaln.load_state_dict(tensors)
-        return padaln
+        return load_module(cls, Path(directory) / PADALN_WEIGHTS_NAME, "padaln", "PadaLN", "PadaLN.save(directory)")
 
 
 def mask_reference(image: torch.Tensor, mask: torch.Tensor, fill: float = -1.0) -> torch.Tensor:

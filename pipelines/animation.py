@@ -388,16 +388,10 @@ class AnimationPipeline:
             if callback is not None:
                 callback(done, total)
 
-        def denoise(latents: torch.Tensor, plan: list[Window], conditioning: Conditioning,
-                    poses: list[torch.Tensor | None]) -> np.ndarray:
-            latents = denoise_windows(
-                latents, plan, sampling_scheduler(self.adapter), num_inference_steps,
-                lambda index, x, t: self._predict(x, t, conditioning, guidance_scale, poses[index]), on_step,
-            )
-            return to_uint8(self.adapter.decode_latents(self._checked(latents)))
-
         if long_video == "blend":
-            frames = denoise(noise, windows, conditioning, pose_latents)
+            frames = self.denoise(
+                noise, windows, conditioning, pose_latents, num_inference_steps, guidance_scale, on_step
+            )
         else:
             frames = np.zeros((request.num_frames, *request.resolution, 3), dtype=np.uint8)
             written = 0
@@ -405,13 +399,34 @@ class AnimationPipeline:
                 span = chunk.frames(temporal)
                 if index > 0:  # the previous chunk's decoded frame where this one starts
                     conditioning = self._with_image(conditioning, frames[span.start], window_frames, generator)
-                decoded = denoise(noise[:, chunk.start : chunk.stop], plan_windows(chunk.num_latent_frames, window),
-                                  conditioning, pose_latents[index : index + 1])
+                decoded = self.denoise(
+                    noise[:, chunk.start : chunk.stop], plan_windows(chunk.num_latent_frames, window), conditioning,
+                    pose_latents[index : index + 1], num_inference_steps, guidance_scale, on_step,
+                )
                 frames[written : span.stop] = decoded[written - span.start :]
                 written = span.stop
         if output_path is not None:
             write_video(output_path, frames, request.fps)
         return AnimationOutput(frames=frames, fps=request.fps)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        noise: torch.Tensor,
+        windows: list[Window],
+        conditioning: Conditioning,
+        pose_latents: list[torch.Tensor | None],
+        num_inference_steps: int,
+        guidance_scale: float,
+        on_step: Callable[[], None] | None = None,
+    ) -> np.ndarray:
+        """Denoise initial noise `[1, F_lat, C, h, w]` over `windows` (one pose latent, or None, per window) and
+        decode it: uint8 frames `[F, H, W, 3]`. `conditioning` is batched for guidance when `guidance_scale` > 1."""
+        latents = denoise_windows(
+            noise, windows, sampling_scheduler(self.adapter), num_inference_steps,
+            lambda index, x, t: self._predict(x, t, conditioning, guidance_scale, pose_latents[index]), on_step,
+        )
+        return to_uint8(self.adapter.decode_latents(self._checked(latents)))
 
     @staticmethod
     def _checked(latents: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,7 @@ from pipelines.frames import to_model_pixels
 from pipelines.noise_items import OPERATOR_SCHEMA, BodyConfig
 from pipelines.pose_sources import PoseOptions, clip_motion
 from pipelines.pose_video import motion_keypoints, render_pose_video
+from pipelines.row_reader import row_filesystem
 
 if TYPE_CHECKING:
     from models.backbones import BackboneAdapter, BackboneConfig
@@ -552,10 +553,14 @@ def row_operator(table: pa.Table, index: int, device: torch.device | str = "cpu"
 
 
 def training_batch(
-    table: pa.Table, adapter: BackboneAdapter | None = None, device: torch.device | str = "cpu"
+    table: pa.Table,
+    adapter: BackboneAdapter | None = None,
+    device: torch.device | str = "cpu",
+    operator_device: torch.device | str | None = None,
 ) -> TrainingBatch:
-    """A `TrainingBatch` from training rows read back from Parquet. Rows stored without text embeddings
-    (`text: caption`) have their captions embedded now, which needs the `adapter`."""
+    """A `TrainingBatch` from training rows read back from Parquet, its tensors on `device` and its warp operators
+    on `operator_device` (default `device`; the CPU lets a CPU generator draw noise for GPU latents). Rows stored
+    without text embeddings (`text: caption`) have their captions embedded now, which needs the `adapter`."""
     from models.backbones import Conditioning
     from pipelines.training_step import TrainingBatch
 
@@ -574,7 +579,7 @@ def training_batch(
         conditioning=Conditioning(
             image_latents=tensor("image_latents"), prompt_embeds=prompt_embeds, image_embeds=tensor("image_embeds")
         ),
-        operators=[row_operator(table, index, device) for index in range(len(table))],
+        operators=[row_operator(table, index, operator_device or device) for index in range(len(table))],
         motion_targets=tensor("motion_targets"),
         pose_latents=tensor("pose_latents"),
     )
@@ -588,8 +593,7 @@ class RowStore:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.filesystem, self.root = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
-        self.root = self.root.rstrip("/")
+        self.filesystem, self.root = row_filesystem(uri)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])

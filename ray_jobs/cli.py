@@ -78,13 +78,21 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     preprocess.main(["--config", str(args.config)] + (["--output-dir", str(args.out)] if args.out else []))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """Fine-tune a backbone on preprocessed training rows with Ray Train + DeepSpeed (local Ray unless RAY_ADDRESS
+    names a cluster); a rerun with the same run folder resumes from its latest checkpoint."""
+    from ray_jobs import train
+
+    train.main(_job_argv(args, "config", "out", "run_name"))
+
+
 def _job_argv(args: argparse.Namespace, *options: str) -> list[str]:
     """The job's command line from the parsed options that were given (`out` is the job's --output-dir)."""
     argv = []
     for option in options:
         value = getattr(args, option)
         if value is not None:
-            argv += ["--output-dir" if option == "out" else f"--{option}", str(value)]
+            argv += ["--output-dir" if option == "out" else f"--{option.replace('_', '-')}", str(value)]
     return argv
 
 
@@ -209,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--config", type=Path, required=True)
     preprocess.add_argument("--out", type=Path, help="override output_dir")
     preprocess.set_defaults(func=cmd_preprocess)
+
+    train = commands.add_parser("train", help=cmd_train.__doc__)
+    train.add_argument("--config", type=Path, required=True, help="train config (configs/train/)")
+    train.add_argument("--out", type=Path, help="override output_dir (run folders go under it)")
+    train.add_argument("--run-name", help="override run_name")
+    train.set_defaults(func=cmd_train)
 
     generate = commands.add_parser("generate", help=cmd_generate.__doc__)
     generate.add_argument("--image", type=Path, required=True, help="reference image (RGB or grayscale)")

@@ -4,7 +4,6 @@ and one whose motion sidecar has the wrong frame count)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import VIDEO_SIZE, render_body, scaled_motion
 
 from models.backbones import build_adapter
 from models.body_model import load_body_model
@@ -20,7 +20,6 @@ from models.losses import LossConfig
 from models.motion import Motion, motion_from_arrays
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
-from models.rasterizer import scale_intrinsics
 from pipelines.articulated_noise import build_motion_operator
 from pipelines.clips import (
     ClipConfig,
@@ -35,7 +34,6 @@ from pipelines.clips import (
 )
 from pipelines.config import RESOLVED_CONFIG_NAME, load_config
 from pipelines.demo_motions import make_demo_motion
-from pipelines.demo_reference import BACKGROUND, render_reference_image
 from pipelines.manifest import ManifestError, list_videos
 from pipelines.motion_io import save_motion
 from pipelines.training_rows import (
@@ -53,22 +51,7 @@ from pipelines.training_step import training_step
 from pipelines.video_io import write_video
 from ray_jobs import preprocess
 
-VIDEO_SIZE = (120, 180)  # the demo camera at a quarter of its size
 CONFIG = "configs/preprocess/videos-tiny.yaml"
-
-
-def scaled_motion(name: str, frames: int, fps: float = 24.0) -> Motion:
-    """A demo motion whose intrinsics and image_size are those of the synthetic videos."""
-    motion = make_demo_motion(name, frames, fps=fps)
-    K = scale_intrinsics(torch.from_numpy(motion.K), 0.25, 0.25).numpy()
-    return dataclasses.replace(motion, K=K, image_size=VIDEO_SIZE)
-
-
-def render_body(motion: Motion, body, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 frames `[T, H, W, 3]` of the shaded template body on grey, and its masks `[T, H, W]`."""
-    frames = np.stack([render_reference_image(motion, body, size, frame) for frame in range(motion.num_frames)])
-    background = np.round(np.array(BACKGROUND) * 255).astype(np.uint8)
-    return frames, np.any(frames != background, axis=-1)
 
 
 def select_frames(motion: Motion, indices: np.ndarray) -> Motion:

@@ -2,7 +2,15 @@
 
 from .base import BackboneAdapter, Conditioning
 from .cogvideox import CogVideoXAdapter
-from .config import BackboneConfig, LoraSettings, TinySettings, VariantSpec, build_adapter, load_backbone_config
+from .config import (
+    BackboneConfig,
+    LoraSettings,
+    TinySettings,
+    VariantSpec,
+    adapter_class,
+    build_adapter,
+    load_backbone_config,
+)
 from .wan import WanAdapter
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "TinySettings",
     "VariantSpec",
     "WanAdapter",
+    "adapter_class",
     "build_adapter",
     "load_backbone_config",
 ]

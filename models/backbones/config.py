@@ -187,6 +187,11 @@ def register_adapter(family: str):
     return register
 
 
+def adapter_class(family: str) -> type[BackboneAdapter]:
+    """The adapter class of a backbone family (the adapter modules register themselves on package import)."""
+    return _ADAPTERS[family]
+
+
 def build_adapter(config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
-    """Build the adapter for `config.family` (the adapter modules register themselves on package import)."""
-    return _ADAPTERS[config.family].from_config(config, device=device)
+    """Build the adapter for `config.family`."""
+    return adapter_class(config.family).from_config(config, device=device)

@@ -1,0 +1,161 @@
+"""Fine-tuning speed and memory on this machine; prints one JSON line.
+
+CPU: the job on configs/train/tiny-cpu.yaml (2 Ray Train workers, DeepSpeed ZeRO-2 over gloo, the tiny CogVideoX
+with LoRA, PadaLN and the motion decoder), on rows the preprocessing job makes from synthetic videos of the demo
+motions: samples/s (the median of the per-step figures after the first, whose figure includes starting the data
+pipeline) and each worker's peak RSS. Checkpoints and validation are left out of the per-step figures.
+
+CUDA (when present): one GPU, the CogVideoX-5B-I2V transformer built from its real config with random bf16 weights
+(benchmarks/generation.py's full-size pipeline: tiny VAE and one-layer T5 around it), a fresh LoRA, gradient
+checkpointing, bf16 DeepSpeed ZeRO-2 on one process, batch 1 at 49 x 480 x 720 (latents [1, 13, 16, 60, 90]):
+seconds per optimizer step and peak memory, against the published ~20 GB of a batch-1 LoRA with checkpointing.
+
+    python benchmarks/train.py [--steps 40] [--gpu-steps 5] [--lora-rank 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.config import load_config
+from pipelines.train_config import TrainJobConfig
+from pipelines.training_rows import VideoJobConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"
+GPU_CONFIG = ROOT / "configs" / "train" / "cogvideox-5b-lora.yaml"
+VIDEOS_CONFIG = ROOT / "configs" / "preprocess" / "videos-tiny.yaml"
+PUBLISHED_LORA_MEMORY_GB = 20.0  # CogVideoX-5B-I2V LoRA fine-tuning, batch 1, rank 16-256, gradient checkpointing
+
+
+def cpu_training(work: Path, steps: int) -> dict[str, object]:
+    import ray
+
+    # benchmarks/preprocess.py, next to this script
+    from preprocess import write_synthetic_videos
+
+    from ray_jobs.preprocess import run_videos
+    from ray_jobs.train import run
+
+    videos = load_config(VideoJobConfig, VIDEOS_CONFIG, {"videos": work / "videos", "output_dir": str(work / "rows")})
+    (work / "videos").mkdir()
+    write_synthetic_videos(work / "videos", 3, videos.num_frames * videos.clips.max_clips_per_video)
+    ray.init(include_dashboard=False, log_to_driver=False)
+    rows = run_videos(videos)["clips_written"]
+    config = load_config(TrainJobConfig, TINY_CONFIG, {
+        "output_dir": work / "train",
+        "data": {"rows_dir": str(work / "rows"), "validation_rows": 0},
+        "max_steps": steps,
+        "checkpoint_every_steps": steps,
+        "validation": {"every_steps": None},
+    })
+    started = time.perf_counter()
+    run(config)
+    seconds = time.perf_counter() - started
+    metrics = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = metrics[-1]
+    workers = config.resources.num_workers
+    return {
+        "cpu_config": str(TINY_CONFIG.relative_to(ROOT)),
+        "cpu_workers": workers,
+        "cpu_cores": os.cpu_count(),
+        "cpu_rows": rows,
+        "cpu_steps": steps,
+        "cpu_batch_size": config.batch_size,
+        "samples_per_s": round(statistics.median(row["samples_per_s"] for row in metrics[1:]), 3),
+        "peak_rss_mb_per_worker": [round(last[f"peak_memory_mb_rank{rank}"], 1) for rank in range(workers)],
+        "cpu_run_s": round(seconds, 1),
+        "cpu_loss_first_last": [round(metrics[0]["loss"], 4), round(last["loss"], 4)],
+    }
+
+
+def gpu_lora_step(work: Path, steps: int, lora_rank: int) -> dict[str, object]:
+    import torch.distributed as dist
+
+    # benchmarks/generation.py, next to this script
+    from generation import full_size_pipeline
+
+    from models.backbones import LoraSettings
+    from models.body_model import load_body_model
+    from pipelines.articulated_noise import NoiseConfig, build_motion_operator
+    from pipelines.demo_motions import make_demo_motion
+    from pipelines.fine_tuning import build_engine, build_modules, optimizer_step
+    from pipelines.training_step import make_training_batch
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        os.environ.setdefault(key, value)
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    config = load_config(TrainJobConfig, GPU_CONFIG, {
+        "output_dir": work / "gpu",
+        "data": {"rows_dir": str(work / "unused")},
+        "batch_size": 1,
+        "lora": {"rank": lora_rank, "alpha": lora_rank},
+        "resources": {"num_workers": 1, "use_gpu": True, "cpus_per_worker": 1},
+    })
+    body = load_body_model().to("cuda")
+    adapter = full_size_pipeline(body).adapter
+    adapter.config = adapter.config.model_copy(update={"lora": LoraSettings(rank=lora_rank, alpha=lora_rank)})
+    _, modules = build_modules(config, adapter)
+    engine = build_engine(modules, config)
+
+    motion = make_demo_motion("walk", 49)
+    operator, render = build_motion_operator(motion, body, NoiseConfig(num_frames=49, height=480, width=720), "cuda")
+    frames = torch.rand(1, 49, 3, 480, 720, generator=torch.Generator().manual_seed(0)).to("cuda") * 2 - 1
+    # Operators on the CPU, where the step's generator draws (as the job's collation puts them).
+    batch = make_training_batch(adapter, frames, ["a person walking"], [(operator.to("cpu"), render)])
+    # Training reads stored text embeddings: the text encoder and the input video leave the GPU.
+    adapter.pipeline.text_encoder.to("cpu")
+    del frames, render
+    torch.cuda.empty_cache()
+    times = []
+    for step in range(1, steps + 3):
+        if step == 3:  # two warm-up steps
+            torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        optimizer_step(engine, [batch], config, step, 0)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    trained = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
+    dist.destroy_process_group()
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "gpu_latents": list(batch.latents.shape),
+        "gpu_lora_rank": lora_rank,
+        "gpu_trained_parameters": trained,
+        "gpu_s_per_step": round(statistics.median(times[2:]), 3),
+        "gpu_peak_memory_gib": round(peak, 2),
+        "gpu_published_reference_gb": PUBLISHED_LORA_MEMORY_GB,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of the CPU run (>= 2)")
+    parser.add_argument("--gpu-steps", type=int, default=5, help="timed steps on the GPU, after 2 warm-up steps")
+    parser.add_argument("--lora-rank", type=int, default=128, help="LoRA rank of the GPU step")
+    args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2: the first step's figure includes starting the data pipeline")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    work = Path(tempfile.mkdtemp(prefix="humanim-train-bench-"))
+    result: dict[str, object] = {"benchmark": "train", **cpu_training(work, args.steps)}
+    if torch.cuda.is_available():
+        result.update(gpu_lora_step(work, args.gpu_steps, args.lora_rank))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
