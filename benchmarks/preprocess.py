@@ -34,7 +34,7 @@ from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
 from pipelines.demo_reference import render_reference_image
 from pipelines.manifest import list_videos
 from pipelines.motion_io import save_motion
-from pipelines.training_rows import VideoJobConfig
+from pipelines.video_job_config import VideoJobConfig
 from pipelines.video_io import write_video
 
 VIDEO_SIZE = (120, 180)  # the demo camera at a quarter of its size

@@ -27,7 +27,7 @@ import torch
 
 from pipelines.config import load_config
 from pipelines.train_config import TrainJobConfig
-from pipelines.training_rows import VideoJobConfig
+from pipelines.video_job_config import VideoJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"

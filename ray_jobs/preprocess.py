@@ -1,7 +1,7 @@
 """Ray Data preprocessing: videos -> training rows, or a folder of motion files -> warp-operator rows.
 
 On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.preprocess --config C.yaml`; locally the
-same command starts its own Ray. A config with `videos:` runs the video job (pipelines/training_rows.py: probe
+same command starts its own Ray. A config with `videos:` runs the video job (pipelines/clip_stages.py: probe
 as tasks, then pose, decode, render, encode and write, each its own actor pool, streamed with backpressure); a
 config with `input_dir:` runs the motion-folder job. Every item ends written or failed, and `summary.json` says so.
 """
@@ -30,18 +30,9 @@ from pipelines.noise_items import (
     list_motion_files,
     rows_to_table,
 )
-from pipelines.training_rows import (
-    SUMMARY_NAME,
-    DecodeStage,
-    EncodeStage,
-    PoseStage,
-    ProbeStage,
-    RenderStage,
-    RowStore,
-    Tally,
-    VideoJobConfig,
-    WriteStage,
-)
+from pipelines.clip_stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
+from pipelines.training_rows import SUMMARY_NAME, RowStore
+from pipelines.video_job_config import VideoJobConfig
 from ray_jobs.common import actor_stage, init_ray, task_stage
 
 log = logging.getLogger("humanim.preprocess")

@@ -18,16 +18,9 @@ from pipelines.demo_motions import make_demo_motion
 from pipelines.demo_reference import BACKGROUND, render_reference_image
 from pipelines.manifest import list_videos
 from pipelines.motion_io import save_motion
-from pipelines.training_rows import (
-    DecodeStage,
-    EncodeStage,
-    PoseStage,
-    ProbeStage,
-    RenderStage,
-    RowStore,
-    VideoJobConfig,
-    WriteStage,
-)
+from pipelines.clip_stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
+from pipelines.training_rows import RowStore
+from pipelines.video_job_config import VideoJobConfig
 from pipelines.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]

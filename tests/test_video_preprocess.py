@@ -36,17 +36,9 @@ from pipelines.config import RESOLVED_CONFIG_NAME, load_config
 from pipelines.demo_motions import make_demo_motion
 from pipelines.manifest import ManifestError, list_videos
 from pipelines.motion_io import save_motion
-from pipelines.training_rows import (
-    DecodeStage,
-    EncodeStage,
-    PoseStage,
-    ProbeStage,
-    RenderStage,
-    VideoJobConfig,
-    WriteStage,
-    row_operator,
-    training_batch,
-)
+from pipelines.clip_stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
+from pipelines.training_rows import row_operator, training_batch
+from pipelines.video_job_config import VideoJobConfig
 from pipelines.training_step import training_step
 from pipelines.video_io import write_video
 from ray_jobs import preprocess
