@@ -223,8 +223,9 @@ def read_render_manifest(path: str | Path) -> list[dict[str, Any]]:
 
 def write_demo_manifest(manifest: str | Path, size: tuple[int, int], num_frames: int) -> Path:
     """The demo's inputs next to `manifest` (a .jsonl): motions/, images/ (the posed template body, first frame),
-    reference/ (that body rendered for every frame: ground truth for `evaluate`) and the manifest itself, one row
-    per demo motion with a few per-row settings."""
+    reference/ (that body rendered for every frame, with motion and caption sidecars: ground truth for `evaluate`
+    and a video folder for the preprocessing job) and the manifest itself, one row per demo motion with a few
+    per-row settings."""
     manifest = Path(manifest)
     if manifest.suffix.lower() != ".jsonl":
         raise ValueError(f"manifest: the demo manifest is written as JSONL; name a .jsonl file, got {manifest}")
@@ -234,18 +235,22 @@ def write_demo_manifest(manifest: str | Path, size: tuple[int, int], num_frames:
     rows = []
     for name in sorted(DEMO_MOTIONS):
         motion = make_demo_motion(name, num_frames)
+        prompt = f"a person in a red shirt and blue trousers, {name.replace('_', ' ')}"
         for folder in ("motions", "images", "reference"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         save_motion(root / "motions" / f"{name}.npz", motion)
         PIL.Image.fromarray(render_reference_image(motion, body, size)).save(root / "images" / f"{name}.png")
         truth = np.stack([render_reference_image(motion, body, size, frame) for frame in range(num_frames)])
         write_video(root / "reference" / f"{name}.mp4", truth, motion.fps)
+        # Its motion and caption as sidecars: reference/ is also a video folder the preprocessing job takes.
+        save_motion(root / "reference" / f"{name}.npz", motion)
+        (root / "reference" / f"{name}.txt").write_text(prompt)
         rows.append(
             {
                 "id": name,
                 "image": f"images/{name}.png",
                 "motion": f"motions/{name}.npz",
-                "prompt": f"a person in a red shirt and blue trousers, {name.replace('_', ' ')}",
+                "prompt": prompt,
                 "num_frames": num_frames,
                 **per_row.get(name, {}),
             }

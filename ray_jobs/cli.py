@@ -75,7 +75,9 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     """Run the preprocessing job (local Ray unless RAY_ADDRESS names a cluster)."""
     from ray_jobs import preprocess
 
-    preprocess.main(["--config", str(args.config)] + (["--output-dir", str(args.out)] if args.out else []))
+    argv = ["--config", str(args.config)]
+    argv += ["--input-dir", str(args.input)] if args.input else []
+    preprocess.main(argv + (["--output-dir", str(args.out)] if args.out else []))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     preprocess = commands.add_parser("preprocess", help=cmd_preprocess.__doc__)
     preprocess.add_argument("--config", type=Path, required=True)
+    preprocess.add_argument("--input", type=Path, help="override the input (videos, or input_dir for motion files)")
     preprocess.add_argument("--out", type=Path, help="override output_dir")
     preprocess.set_defaults(func=cmd_preprocess)
 
