@@ -43,7 +43,7 @@ def read_rows(filesystem: pyarrow.fs.FileSystem, keys: pa.Table) -> pa.Table:
     by_file: dict[str, list[int]] = defaultdict(list)
     for key in wanted:
         by_file[key["path"]].append(key["row"])
-    tables = {path: pq.read_table(path, filesystem=filesystem).take(rows) for path, rows in by_file.items()}
+    tables = {path: _file_rows(filesystem, path, rows) for path, rows in by_file.items()}
     offsets = {(path, row): offset for path, rows in by_file.items() for offset, row in enumerate(rows)}
     table = pa.concat_tables([tables[key["path"]].slice(offsets[key["path"], key["row"]], 1) for key in wanted])
     ids = table.column("clip_id").to_pylist()
@@ -51,6 +51,16 @@ def read_rows(filesystem: pyarrow.fs.FileSystem, keys: pa.Table) -> pa.Table:
         raise RuntimeError(f"rows changed on disk since the run was planned: expected {[k['clip_id'] for k in wanted]}, "
                            f"read {ids}")
     return table
+
+
+def _file_rows(filesystem: pyarrow.fs.FileSystem, path: str, rows: list[int]) -> pa.Table:
+    """`rows` of one Parquet file, in that order. Row stores write one row per row group, so only those groups
+    are read; a file laid out otherwise is read whole."""
+    file = pq.ParquetFile(filesystem.open_input_file(path))
+    if file.metadata.num_row_groups != file.metadata.num_rows:
+        return file.read().take(rows)
+    groups = sorted(set(rows))
+    return file.read_row_groups(groups).take([groups.index(row) for row in rows])
 
 
 def read_scheduled(indices: pa.Table, rows_uri: str, schedule: list[list[RowKey]]) -> pa.Table:

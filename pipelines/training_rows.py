@@ -176,7 +176,8 @@ class RowStore:
         self.filesystem.create_dir(self.path(ROWS_DIR), recursive=True)
         name = f"part-{uuid.uuid4().hex}.parquet"
         temporary = self.path(ROWS_DIR, f"_{name}")
-        pq.write_table(table, temporary, filesystem=self.filesystem)
+        # One row per row group: a training step reads single rows (pipelines/row_reader.py), not whole files.
+        pq.write_table(table, temporary, filesystem=self.filesystem, row_group_size=1)
         self.filesystem.move(temporary, self.path(ROWS_DIR, name))
         return self.path(ROWS_DIR, name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import ROOT, write_tiny_rows
@@ -88,8 +89,15 @@ def test_rows_are_read_by_key_in_schedule_order_and_held_out_by_seed(tmp_path) -
     assert {key.clip_id for key in plan.train + plan.validation} == {"turn_000000", "walk_000000", "walk_000009"}
     assert plan_rows(config) == plan
     order = [plan.train[1], plan.validation[0], plan.train[0]]
-    table = read_rows(row_filesystem(plan.rows_uri)[0], keys_table(order))
+    filesystem = row_filesystem(plan.rows_uri)[0]
+    table = read_rows(filesystem, keys_table(order))
     assert table.column("clip_id").to_pylist() == [key.clip_id for key in order]
+    walk = [key for key in order if key.clip_id.startswith("walk")]
+    assert walk[0].path == walk[1].path  # two rows of one file, each its own row group, read back in key order
+    metadata = pq.ParquetFile(filesystem.open_input_file(walk[0].path)).metadata
+    assert metadata.num_rows >= 2 and metadata.num_row_groups == metadata.num_rows
+    repeated = read_rows(filesystem, keys_table([walk[1], walk[0], walk[1]]))
+    assert repeated.column("clip_id").to_pylist() == [walk[1].clip_id, walk[0].clip_id, walk[1].clip_id]
 
 
 def test_publish_replaces_the_folder_whole(tmp_path) -> None:
