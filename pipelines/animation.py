@@ -271,14 +271,14 @@ class AnimationPipeline:
         pose_latents: torch.Tensor | None,
     ) -> torch.Tensor:
         """The model output for one window, with classifier-free guidance when `guidance_scale` > 1."""
-        guided = guidance_scale > 1
-        model_input = torch.cat([latents, latents]) if guided else latents
         pose = contextlib.nullcontext() if pose_latents is None else self.padaln.pose(pose_latents)
         with pose:
-            output = self.adapter.predict(model_input, t, conditioning).float()
-        if not guided:
-            return output
-        uncond, cond = output.chunk(2)
+            if guidance_scale <= 1:
+                return self.adapter.predict(latents, t, conditioning).float()
+            if self.adapter.guidance_in_one_batch:
+                uncond, cond = self.adapter.predict(torch.cat([latents, latents]), t, conditioning).float().chunk(2)
+            else:
+                uncond, cond = [self.adapter.predict(latents, t, half).float() for half in conditioning.chunk(2)]
         return uncond + guidance_scale * (cond - uncond)
 
     def _conditioning(

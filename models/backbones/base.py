@@ -38,6 +38,16 @@ class Conditioning:
             raise ValueError("negative_prompt_embeds: encode with a negative_prompt ('' for the empty prompt) first")
         return replace(self, prompt_embeds=self.negative_prompt_embeds, negative_prompt_embeds=None)
 
+    def chunk(self, chunks: int) -> list[Conditioning]:
+        """The batch split into `chunks` equal parts (e.g. a guidance batch into negative and positive)."""
+
+        def split(tensor: torch.Tensor | None) -> list[torch.Tensor | None]:
+            return [None] * chunks if tensor is None else list(tensor.chunk(chunks))
+
+        parts = zip(*(split(getattr(self, name)) for name in ("image_latents", "prompt_embeds",
+                                                                "negative_prompt_embeds", "image_embeds")))
+        return [Conditioning(*tensors) for tensors in parts]
+
 
 def model_files(subfolder: str, what: str) -> dict[str, str]:
     """Files a diffusers/transformers model subfolder must hold, as pattern -> description."""
@@ -53,6 +63,9 @@ class BackboneAdapter(ABC):
     # Pattern (alternatives joined by "|") -> what belongs there, relative to the model folder.
     required_files: ClassVar[dict[str, str]]
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Classifier-free guidance as one batch of 2 (diffusers' CogVideoX) or as two passes (diffusers' Wan, which also
+    # halves the activations of a 14B model): following the family's own pipeline keeps the numbers identical.
+    guidance_in_one_batch: ClassVar[bool] = True
     # Components kept in float32 whatever the configured dtype.
     float32_components: ClassVar[tuple[str, ...]] = ()
 

@@ -103,6 +103,7 @@ class WanAdapter(BackboneAdapter):
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
     # Wan's reference pipeline runs its VAE and CLIP image encoder in float32.
     float32_components = ("vae", "image_encoder")
+    guidance_in_one_batch = False
 
     def __init__(self, pipeline: WanImageToVideoPipeline, config: BackboneConfig, device: str | torch.device = "cpu"):
         super().__init__(pipeline, config, device)
