@@ -180,7 +180,12 @@ def test_from_pretrained_loads_a_saved_folder_identically(tmp_path, name):
     for field in ("image_latents", "prompt_embeds", "image_embeds"):
         a, b = getattr(first[2], field), getattr(second[2], field)
         assert (a is None and b is None) or torch.equal(a, b)
-    assert torch.equal(predict(adapter, *first), predict(loaded, *second))
+    loaded_parameters = dict(loaded.transformer.named_parameters())
+    for key, value in adapter.transformer.named_parameters():
+        assert torch.equal(value, loaded_parameters[key]), key
+    # diffusers recomputes CogVideoX's sin-cos table (a buffer, not a saved weight) on load by another float path
+    # (differences of ~3e-8 with diffusers 0.42.1), so the outputs agree to float32 rounding, not bit for bit.
+    torch.testing.assert_close(predict(adapter, *first), predict(loaded, *second), rtol=0, atol=1e-5)
 
 
 def test_learned_positional_embeddings_fix_the_resolution(tmp_path):
