@@ -21,7 +21,7 @@ from scipy import stats
 from models.body_model import BodyModel, load_body_model
 from models.noise_warp import build_warp_operator
 from pipelines.articulated_noise import NoiseConfig, NoiseRender, render_motion
-from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
+from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
 
 TARGETS = {"abs_mean": 0.01, "std": (0.99, 1.01), "ks": 0.005, "lag1": 0.05, "temporal_corr": 0.5}
 

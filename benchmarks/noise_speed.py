@@ -19,7 +19,7 @@ import torch
 from models.body_model import load_body_model
 from models.smpl_template import SMPL_SIZE_DETAIL
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-from pipelines.demo_motions import make_demo_motion
+from pipelines.demo.motions import make_demo_motion
 
 
 def _timed(fn: Callable[[], object], device: str, repeats: int) -> tuple[float, object]:

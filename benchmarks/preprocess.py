@@ -29,13 +29,13 @@ from smpl_fit import (
 
 from models.body_model import load_body_model
 from models.rasterizer import scale_intrinsics
-from pipelines.config import load_config
-from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
-from pipelines.demo_reference import render_reference_image
-from pipelines.manifest import list_videos
-from pipelines.motion_io import save_motion
-from pipelines.video_job_config import VideoJobConfig
-from pipelines.video_io import write_video
+from pipelines.io.config import load_config
+from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
+from pipelines.demo.reference import render_reference_image
+from pipelines.io.manifest import list_videos
+from pipelines.io.motion import save_motion
+from pipelines.preprocess.config import VideoJobConfig
+from pipelines.io.video import write_video
 
 VIDEO_SIZE = (120, 180)  # the demo camera at a quarter of its size
 VIDEO_FPS = 12.0

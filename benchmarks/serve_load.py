@@ -36,7 +36,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _inputs() -> dict[str, tuple[str, bytes]]:
-    from pipelines.demo_motions import make_demo_motion
+    from pipelines.demo.motions import make_demo_motion
 
     image, motion = io.BytesIO(), io.BytesIO()
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image, "PNG")

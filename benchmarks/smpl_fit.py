@@ -22,8 +22,8 @@ from models.body_model import NUM_JOINTS, BodyModel, load_body_model
 from models.keypoints import COCO17, motion_keypoints2d
 from models.motion import Motion
 from models.smpl_template import SMPL_SIZE_DETAIL
-from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
-from pipelines.smpl_fit import FitConfig, fit_smpl
+from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
+from pipelines.preprocess.smpl_fit import FitConfig, fit_smpl
 
 
 def _pelvis_aligned_joints(body: BodyModel, motion: Motion) -> torch.Tensor:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from pipelines.config import load_config
-from pipelines.train_config import TrainJobConfig
-from pipelines.video_job_config import VideoJobConfig
+from pipelines.io.config import load_config
+from pipelines.training.config import TrainJobConfig
+from pipelines.preprocess.config import VideoJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"
@@ -86,9 +86,9 @@ def gpu_lora_step(work: Path, steps: int, lora_rank: int) -> dict[str, object]:
     from models.backbones import LoraSettings
     from models.body_model import load_body_model
     from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-    from pipelines.demo_motions import make_demo_motion
-    from pipelines.fine_tuning import build_engine, build_modules, optimizer_step
-    from pipelines.training_step import make_training_batch
+    from pipelines.demo.motions import make_demo_motion
+    from pipelines.training.engine import build_engine, build_modules, optimizer_step
+    from pipelines.training.step import make_training_batch
 
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "RANK": "0", "WORLD_SIZE": "1",
                        "LOCAL_RANK": "0"}.items():

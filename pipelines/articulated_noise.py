@@ -22,7 +22,7 @@ from models.noise_warp import (
     stack_latent_frames,
 )
 from models.rasterizer import rasterize, scale_intrinsics, uv_map
-from pipelines.config import validate_config
+from pipelines.io.config import validate_config
 
 SPATIAL_FACTOR = 8  # VAE downsampling of every supported backbone
 # Latent frames rendered at once for generation: 8 (29 video frames) keeps a 480x720 build to a few hundred MB.

@@ -29,9 +29,9 @@ def cmd_noise(args: argparse.Namespace) -> None:
     from models.body_model import load_body_model
     from models.noise_warp import degrade
     from pipelines.articulated_noise import NoiseConfig, build_motion_operator, preview_frames
-    from pipelines.config import validate_config
-    from pipelines.motion_io import load_motion
-    from pipelines.video_io import write_video
+    from pipelines.io.config import validate_config
+    from pipelines.io.motion import load_motion
+    from pipelines.io.video import write_video
 
     config = validate_config(
         NoiseConfig,
@@ -62,8 +62,8 @@ def cmd_noise(args: argparse.Namespace) -> None:
 
 def cmd_motion_demo(args: argparse.Namespace) -> None:
     """Write the procedural demo motions (walk, arm swings, turn) as .npz motion files."""
-    from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
-    from pipelines.motion_io import save_motion
+    from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
+    from pipelines.io.motion import save_motion
 
     args.out.mkdir(parents=True, exist_ok=True)
     for name in DEMO_MOTIONS:
@@ -119,10 +119,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     truth and a render manifest); their articulated-noise operators and previews (preprocess); one video per
     manifest row from the tiny random-weight backbone (render); the videos scored against the ground truth
     (evaluate)."""
-    from pipelines.config import load_config
-    from pipelines.noise_items import MotionNoiseJobConfig
-    from pipelines.render_items import RenderJobConfig, write_demo_manifest
-    from pipelines.video_metrics import EvaluateJobConfig
+    from pipelines.io.config import load_config
+    from pipelines.preprocess.motion_folder import MotionNoiseJobConfig
+    from pipelines.generation.render_items import RenderJobConfig, write_demo_manifest
+    from pipelines.evaluation.metrics import EvaluateJobConfig
     from ray_jobs import evaluate, preprocess, render
     from ray_jobs.common import init_ray
 
@@ -152,8 +152,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     """Animate a reference image with a motion and/or a pose video; writes an MP4."""
     from models.body_model import load_body_model
-    from pipelines.animation import AnimationPipeline
-    from pipelines.frames import read_image
+    from pipelines.generation.animation import AnimationPipeline
+    from pipelines.generation.frames import read_image
 
     image = read_image(args.image)
     body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None

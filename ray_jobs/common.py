@@ -9,7 +9,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from pipelines.config import StageResources, TaskResources
+from pipelines.io.config import StageResources, TaskResources
 
 
 def init_ray() -> None:

@@ -1,7 +1,7 @@
 """Ray Data preprocessing: videos -> training rows, or a folder of motion files -> warp-operator rows.
 
 On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.preprocess --config C.yaml`; locally the
-same command starts its own Ray. A config with `videos:` runs the video job (pipelines/clip_stages.py: probe
+same command starts its own Ray. A config with `videos:` runs the video job (pipelines/preprocess/stages.py: probe
 as tasks, then pose, decode, render, encode and write, each its own actor pool, streamed with backpressure); a
 config with `input_dir:` runs the motion-folder job. Every item ends written or failed, and `summary.json` says so.
 """
@@ -22,17 +22,17 @@ import ray
 import ray.data
 import yaml
 
-from pipelines.config import load_config, write_resolved_config
-from pipelines.manifest import list_videos
-from pipelines.noise_items import (
+from pipelines.io.config import load_config, write_resolved_config
+from pipelines.io.manifest import list_videos
+from pipelines.preprocess.motion_folder import (
     MotionNoiseJobConfig,
     MotionNoiseWorker,
     list_motion_files,
     rows_to_table,
 )
-from pipelines.clip_stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
-from pipelines.training_rows import SUMMARY_NAME, RowStore
-from pipelines.video_job_config import VideoJobConfig
+from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
+from pipelines.io.training_rows import SUMMARY_NAME, RowStore
+from pipelines.preprocess.config import VideoJobConfig
 from ray_jobs.common import actor_stage, init_ray, task_stage
 
 log = logging.getLogger("humanim.preprocess")

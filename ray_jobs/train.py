@@ -2,10 +2,10 @@
 
 On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.train --config configs/train/<x>.yaml`;
 locally the same command (or `humanim train`) starts its own Ray. The driver checks the config and the rows
-(pipelines/train_config.py, pipelines/train_data.py) before any worker starts, writes the resolved config to
+(pipelines/training/config.py, pipelines/training/schedule.py) before any worker starts, writes the resolved config to
 the run folder `<output_dir>/<run_name>/`, and runs a TorchTrainer over `resources.num_workers` workers. Each
 worker streams its rows of every epoch through Ray Data (read tasks, then `iter_torch_batches` collating rows
-into training batches ahead of the step) and runs the DeepSpeed steps of pipelines/fine_tuning.py. Checkpoints
+into training batches ahead of the step) and runs the DeepSpeed steps of pipelines/training/engine.py. Checkpoints
 (DeepSpeed state, RNG, the export) go through `ray.train.report`; a failed worker group restarts from the
 latest one (FailureConfig), and so does a rerun of the job with the same run folder. The run folder also holds
 `metrics.jsonl`, `tensorboard/`, `validation/step_<n>/*.mp4` and, at the end, `export/` (written atomically).
@@ -32,8 +32,8 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train.torch import TorchTrainer, get_device
 
 from models.backbones import BackboneAdapter, build_adapter
-from pipelines.config import load_config, write_resolved_config
-from pipelines.fine_tuning import (
+from pipelines.io.config import load_config, write_resolved_config
+from pipelines.training.engine import (
     EXPORT_DIR,
     TrainState,
     build_engine,
@@ -47,13 +47,13 @@ from pipelines.fine_tuning import (
     preflight,
     save_checkpoint,
 )
-from pipelines.row_reader import keys_table, read_rows, read_scheduled, row_filesystem
-from pipelines.train_config import TrainJobConfig
-from pipelines.train_data import RowPlan, step_rows, steps_per_epoch
-from pipelines.train_metrics import MetricSinks
-from pipelines.train_validation import VALIDATION_DIR, validate
-from pipelines.training_rows import training_batch
-from pipelines.training_step import TrainingBatch
+from pipelines.io.row_reader import keys_table, read_rows, read_scheduled, row_filesystem
+from pipelines.training.config import TrainJobConfig
+from pipelines.training.schedule import RowPlan, step_rows, steps_per_epoch
+from pipelines.training.metrics import MetricSinks
+from pipelines.training.validation import VALIDATION_DIR, validate
+from pipelines.io.training_rows import training_batch
+from pipelines.training.step import TrainingBatch
 from ray_jobs.common import init_ray
 
 log = logging.getLogger("humanim.train")

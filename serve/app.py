@@ -24,7 +24,7 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from pipelines.config import validate_config
+from pipelines.io.config import validate_config
 from ray_jobs.common import init_ray
 from serve.api import build_api
 from serve.auth import ApiKeys

@@ -22,8 +22,8 @@ import PIL.Image
 
 from models.backbones import VariantSpec, load_backbone_config
 from models.motion import Motion
-from pipelines.frames import image_pixels, pose_video_pixels
-from pipelines.motion_io import motion_from_json_text, motion_from_npz_bytes
+from pipelines.generation.frames import image_pixels, pose_video_pixels
+from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from serve.config import BackboneEntry, Limits, ServeConfig, project_path
 from serve.jobs import Deployment, GenerationParams
 

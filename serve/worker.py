@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.animation import AnimationPipeline
-from pipelines.motion_io import motion_from_npz_bytes
-from pipelines.video_io import write_video
+from pipelines.generation.animation import AnimationPipeline
+from pipelines.io.motion import motion_from_npz_bytes
+from pipelines.io.video import write_video
 from serve.config import ServeConfig, project_path, resolve_uri
 from serve.jobs import JobRecord, JobStore, Progress
 

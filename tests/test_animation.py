@@ -13,12 +13,12 @@ from helpers import CONFIGS
 from models.body_model import load_body_model
 from models.motion import Motion, MotionError
 from models.padaln import PadaLN
-from pipelines.animation import AnimationPipeline
-from pipelines.frames import to_uint8
-from pipelines.demo_motions import make_demo_motion
-from pipelines.motion_io import save_motion
-from pipelines.pose_video import read_pose_video, render_pose_video
-from pipelines.video_io import write_video
+from pipelines.generation.animation import AnimationPipeline
+from pipelines.generation.frames import to_uint8
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.motion import save_motion
+from models.pose_video import read_pose_video, render_pose_video
+from pipelines.io.video import write_video
 from ray_jobs.cli import main
 
 

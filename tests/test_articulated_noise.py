@@ -17,8 +17,8 @@ from pipelines.articulated_noise import (
     rendered_frames,
     video_noise_operator,
 )
-from pipelines.demo_motions import make_demo_motion
-from pipelines.motion_io import save_motion
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.motion import save_motion
 from ray_jobs.cli import main as cli
 
 SMALL = NoiseConfig(num_frames=9, height=96, width=144, texture_size=64, supersample=4, channels=4)
@@ -138,7 +138,7 @@ def test_motion_demo_command(tmp_path, capsys) -> None:
 
 
 def test_demo_reference_image_shows_the_posed_body(body) -> None:
-    from pipelines.demo_reference import BACKGROUND, render_reference_image
+    from pipelines.demo.reference import BACKGROUND, render_reference_image
 
     motion = make_demo_motion("arm_swings", 9)
     image = render_reference_image(motion, body, (96, 144))

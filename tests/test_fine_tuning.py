@@ -12,11 +12,11 @@ from helpers import ROOT, write_tiny_rows
 
 from models.body_model import load_body_model
 from models.motion_decoder import MotionDecoder
-from pipelines.config import load_config
-from pipelines.fine_tuning import deepspeed_settings, publish, step_generator
-from pipelines.row_reader import RowKey, keys_table, read_rows, row_filesystem
-from pipelines.train_config import TrainJobConfig
-from pipelines.train_data import plan_rows, step_rows
+from pipelines.io.config import load_config
+from pipelines.training.engine import deepspeed_settings, publish, step_generator
+from pipelines.io.row_reader import RowKey, keys_table, read_rows, row_filesystem
+from pipelines.training.config import TrainJobConfig
+from pipelines.training.schedule import plan_rows, step_rows
 
 CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"
 
@@ -130,7 +130,7 @@ def test_a_full_fine_tune_trains_and_exports_the_whole_transformer(tmp_path) -> 
     from diffusers import CogVideoXTransformer3DModel
 
     from models.backbones import build_adapter
-    from pipelines.fine_tuning import build_modules, export_weights, parameter_groups
+    from pipelines.training.engine import build_modules, export_weights, parameter_groups
 
     config = config_with(tmp_path, finetune="full", padaln={"enabled": False})
     _, modules = build_modules(config, build_adapter(config.backbone_config()))

@@ -7,7 +7,7 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, UniPCMultistepScheduler
 
 from models.backbones.config import VARIANTS
-from pipelines.long_video import Window, default_overlap, denoise_windows, plan_windows
+from pipelines.generation.long_video import Window, default_overlap, denoise_windows, plan_windows
 
 TEMPORAL = 4
 # (variant, window in video frames): the released windows and the tiny configs'.

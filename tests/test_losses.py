@@ -11,7 +11,7 @@ from models.losses import LossConfig, consistency_loss, diffusion_loss, total_lo
 from models.motion_decoder import UPSCALE, MotionDecoder, motion_loss, motion_targets
 from models.noise_warp import build_warp_operator, degrade, undegrade
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-from pipelines.demo_motions import make_demo_motion
+from pipelines.demo.motions import make_demo_motion
 
 NOISE = NoiseConfig(num_frames=9, height=32, width=32, texture_size=32, supersample=4, channels=16)
 GAMMAS = [0.0, 0.5, 1 - 1e-7, 1.0]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from models.motion import MotionError, motion_from_arrays
-from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
-from pipelines.motion_io import load_motion, motion_from_json_text, motion_from_npz_bytes, save_motion
+from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
+from pipelines.io.motion import load_motion, motion_from_json_text, motion_from_npz_bytes, save_motion
 
 
 def arrays(num_frames: int = 5) -> dict[str, np.ndarray]:

@@ -14,9 +14,9 @@ from scipy.spatial.transform import Rotation
 from models.body_model import load_body_model
 from models.keypoints import COCO17, motion_keypoints2d
 from models.motion import Motion, motion_from_arrays
-from pipelines.demo_motions import make_demo_motion
-from pipelines.motion_io import save_motion
-from pipelines.keypoint_estimators import (
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.motion import save_motion
+from pipelines.preprocess.keypoint_estimators import (
     BLAZEPOSE_TO_COCO17,
     DWPOSE_MODEL_NAME,
     DWPoseOnnxEstimator,
@@ -24,7 +24,7 @@ from pipelines.keypoint_estimators import (
     blazepose_to_coco17,
     decode_simcc,
 )
-from pipelines.pose_sources import (
+from pipelines.preprocess.pose_sources import (
     PoseSourceError,
     clip_motion,
     easymocap_to_motion,
@@ -32,8 +32,8 @@ from pipelines.pose_sources import (
     load_keypoints_sidecar,
     read_easymocap_cameras,
 )
-from pipelines.smpl_fit import FitConfig
-from pipelines.video_io import write_video
+from pipelines.preprocess.smpl_fit import FitConfig
+from pipelines.io.video import write_video
 
 VIDEO_SIZE = (480, 720)
 QUICK_FIT = FitConfig(orient_iterations=5, iterations=10).model_dump()
@@ -167,7 +167,7 @@ def test_easymocap_file_with_69_wide_poses(tmp_path, body, walk):
 def test_easymocap_world_transform_is_applied_about_the_model_origin(body, walk):
     """EasyMocap rotates the posed body about the origin, smplx about the pelvis: a pure Rh must move the pelvis."""
     params = {"Rh": np.tile([[0.0, np.pi / 2, 0.0]], (2, 1)), "Th": np.zeros((2, 3)), "poses": np.zeros((2, 69)), "shapes": np.zeros((2, 10))}
-    from pipelines.pose_sources import EasyMocapCamera
+    from pipelines.preprocess.pose_sources import EasyMocapCamera
 
     motion = easymocap_to_motion(params, EasyMocapCamera(walk.K[0], np.eye(3), np.zeros(3)), body, VIDEO_SIZE, 24.0)
     with torch.no_grad():

@@ -8,9 +8,9 @@ import pytest
 from models.body_model import load_body_model
 from models.motion import motion_from_arrays
 from pipelines.articulated_noise import NoiseConfig, render_motion
-from pipelines.demo_motions import make_demo_motion
+from pipelines.demo.motions import make_demo_motion
 from models.keypoints import COCO17, SMPL24
-from pipelines.pose_video import (
+from models.pose_video import (
     draw_skeleton,
     layout_for,
     motion_keypoints,
@@ -19,7 +19,7 @@ from pipelines.pose_video import (
     render_pose_video,
     render_skeletons,
 )
-from pipelines.video_io import write_video
+from pipelines.io.video import write_video
 
 L_SHOULDER, L_ELBOW = 5, 7
 

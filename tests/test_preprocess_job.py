@@ -11,10 +11,10 @@ import torch
 from models.body_model import load_body_model
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-from pipelines.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
-from pipelines.demo_motions import make_demo_motion
-from pipelines.motion_io import load_motion, save_motion
-from pipelines.noise_items import MotionNoiseJobConfig
+from pipelines.io.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.motion import load_motion, save_motion
+from pipelines.preprocess.motion_folder import MotionNoiseJobConfig
 from ray_jobs import preprocess
 
 NOISE = {"num_frames": 9, "height": 96, "width": 144, "texture_size": 64, "supersample": 4, "channels": 4}

@@ -9,7 +9,7 @@ import pyarrow as pa
 import ray.cloudpickle
 import ray.data
 
-from pipelines.config import StageResources
+from pipelines.io.config import StageResources
 from ray_jobs.common import actor_stage
 
 

@@ -14,12 +14,12 @@ from helpers import CONFIGS
 
 from models.body_model import load_body_model
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.config import RESOLVED_CONFIG_NAME
-from pipelines.demo_motions import make_demo_motion
-from pipelines.manifest import ManifestError
-from pipelines.pose_video import read_pose_video, render_pose_video
-from pipelines.motion_io import load_motion, save_motion
-from pipelines.render_items import (
+from pipelines.io.config import RESOLVED_CONFIG_NAME
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.manifest import ManifestError
+from models.pose_video import read_pose_video, render_pose_video
+from pipelines.io.motion import load_motion, save_motion
+from pipelines.generation.render_items import (
     METADATA_NAME,
     GenerateStage,
     PrepareStage,
@@ -29,7 +29,7 @@ from pipelines.render_items import (
     read_render_manifest,
     write_demo_manifest,
 )
-from pipelines.video_io import write_video
+from pipelines.io.video import write_video
 from ray_jobs import render
 from ray_jobs.cli import main
 

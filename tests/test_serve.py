@@ -17,8 +17,8 @@ import PIL.Image
 import pytest
 import requests
 
-from pipelines.demo_motions import make_demo_motion
-from pipelines.video_io import write_video
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.video import write_video
 from serve.auth import ApiKeys, AuthError
 from serve.config import AuthSettings, ServeConfig
 from serve.jobs import TERMINAL, GenerationParams, JobRecord, JobStore, Storage, check_job_id, new_job_id

@@ -18,8 +18,8 @@ from models.keypoints import (
 )
 from models.motion import Motion, motion_from_arrays
 from models.smpl_template import SMPL_JOINT_NAMES
-from pipelines.demo_motions import make_demo_motion
-from pipelines.smpl_fit import FitConfig, fit_smpl
+from pipelines.demo.motions import make_demo_motion
+from pipelines.preprocess.smpl_fit import FitConfig, fit_smpl
 
 FAST = FitConfig(orient_iterations=30, iterations=150)
 

@@ -12,8 +12,8 @@ from models.motion_decoder import MotionDecoder
 from models.noise_warp import degrade
 from models.padaln import PadaLN
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-from pipelines.demo_motions import make_demo_motion
-from pipelines.training_step import draw_noise, make_training_batch, training_step
+from pipelines.demo.motions import make_demo_motion
+from pipelines.training.step import draw_noise, make_training_batch, training_step
 
 MOTIONS = ["walk", "turn"]
 

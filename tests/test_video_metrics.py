@@ -13,8 +13,8 @@ import scipy.linalg
 import torch
 from safetensors.torch import save_file
 
-from pipelines.video_io import write_video
-from pipelines.video_metrics import (
+from pipelines.io.video import write_video
+from pipelines.evaluation.metrics import (
     EvaluateJobConfig,
     FeatureNetwork,
     FeatureNetworkConfig,

@@ -21,7 +21,7 @@ from models.motion import Motion, motion_from_arrays
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
 from pipelines.articulated_noise import build_motion_operator
-from pipelines.clips import (
+from pipelines.preprocess.clips import (
     ClipConfig,
     CropBox,
     VideoError,
@@ -32,15 +32,15 @@ from pipelines.clips import (
     person_box,
     sample_clips,
 )
-from pipelines.config import RESOLVED_CONFIG_NAME, load_config
-from pipelines.demo_motions import make_demo_motion
-from pipelines.manifest import ManifestError, list_videos
-from pipelines.motion_io import save_motion
-from pipelines.clip_stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
-from pipelines.training_rows import row_operator, training_batch
-from pipelines.video_job_config import VideoJobConfig
-from pipelines.training_step import training_step
-from pipelines.video_io import write_video
+from pipelines.io.config import RESOLVED_CONFIG_NAME, load_config
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.manifest import ManifestError, list_videos
+from pipelines.io.motion import save_motion
+from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
+from pipelines.io.training_rows import row_operator, training_batch
+from pipelines.preprocess.config import VideoJobConfig
+from pipelines.training.step import training_step
+from pipelines.io.video import write_video
 from ray_jobs import preprocess
 
 CONFIG = "configs/preprocess/videos-tiny.yaml"

@@ -34,11 +34,11 @@ from models.backbones import BackboneAdapter, adapter_class
 from models.losses import LossConfig, LossOutput
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
-from pipelines.animation import AnimationPipeline
-from pipelines.train_config import TrainJobConfig
-from pipelines.train_data import RowPlan, plan_rows
-from pipelines.train_metrics import check_sinks
-from pipelines.training_step import TrainingBatch, training_step
+from pipelines.generation.animation import AnimationPipeline
+from pipelines.training.config import TrainJobConfig
+from pipelines.training.schedule import RowPlan, plan_rows
+from pipelines.training.metrics import check_sinks
+from pipelines.training.step import TrainingBatch, training_step
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"

@@ -3,7 +3,7 @@
 Each held-out row is generated like a request would be: its warp operator's degraded articulated noise (fixed
 seed and gamma, so runs compare step to step), its image latents and caption embedding, its pose latents when
 PadaLN is trained. The MP4 goes to `<run>/validation/step_<n>/<clip_id>.mp4`; the ground truth is the row's
-clean latents decoded by the same VAE, so the metrics (pipelines/video_metrics.py) measure the denoiser alone.
+clean latents decoded by the same VAE, so the metrics (pipelines/evaluation/metrics.py) measure the denoiser alone.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 
 from models.backbones import Conditioning
 from models.losses import LossConfig
-from pipelines.animation import AnimationPipeline, guidance_batch, to_uint8
-from pipelines.long_video import plan_windows
-from pipelines.train_config import ValidationSettings
-from pipelines.training_rows import training_batch
-from pipelines.training_step import TrainingBatch, draw_noise
-from pipelines.video_io import write_video
-from pipelines.video_metrics import l1_distance, psnr, ssim
+from pipelines.generation.animation import AnimationPipeline, guidance_batch, to_uint8
+from pipelines.generation.long_video import plan_windows
+from pipelines.training.config import ValidationSettings
+from pipelines.io.training_rows import training_batch
+from pipelines.training.step import TrainingBatch, draw_noise
+from pipelines.io.video import write_video
+from pipelines.evaluation.metrics import l1_distance, psnr, ssim
 
 VALIDATION_DIR = "validation"
 METRICS = {"l1": l1_distance, "psnr": psnr, "ssim": ssim}

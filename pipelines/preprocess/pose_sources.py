@@ -4,9 +4,9 @@
 1. a motion sidecar: a motion file (`.npz` or `.json` in the motion-file format, DESIGN.md), or EasyMocap's
    SMPL output (`*.easymocap.json` or a `*.easymocap/` folder, see `load_easymocap`);
 2. a keypoints sidecar (`.npy`, `.npz` or `.json`, see `load_keypoints_sidecar`), fitted with
-   `pipelines.smpl_fit.fit_smpl`;
+   `pipelines.preprocess.smpl_fit.fit_smpl`;
 3. a keypoint estimator (`estimator=`, or the `keypoint_backend` option: DWPose with `dwpose_model`, or MediaPipe; see
-   pipelines/keypoint_estimators.py) on the clip's decoded frames, then the fit.
+   pipelines/preprocess/keypoint_estimators.py) on the clip's decoded frames, then the fit.
 Sidecars describe the whole video (one entry per video frame); the clip picks its frames by index. The motion
 comes back in the video's pixels (`image_size`) at the clip's `fps`. Every failure is a `PoseSourceError`
 (a ValueError) naming the file and what is missing or mismatched.
@@ -28,17 +28,17 @@ from scipy.spatial.transform import Rotation
 
 from models.body_model import NUM_POSE_PARAMS, BodyModel, load_body_model
 from models.motion import NUM_BETAS, Motion, MotionError, motion_from_arrays
-from pipelines.clips import CropBox, crop_motion, crop_transform, decode_frames
-from pipelines.config import validate_config
-from pipelines.keypoint_estimators import (
+from pipelines.preprocess.clips import CropBox, crop_motion, crop_transform, decode_frames
+from pipelines.io.config import validate_config
+from pipelines.preprocess.keypoint_estimators import (
     COCO17_JOINTS,
     DWPOSE_MODEL_NAME,
     MediaPipeEstimator,
     dwpose_estimator,
 )
-from pipelines.motion_io import load_motion
-from pipelines.pose_video import layout_for
-from pipelines.smpl_fit import FitConfig, fit_smpl
+from pipelines.io.motion import load_motion
+from models.pose_video import layout_for
+from pipelines.preprocess.smpl_fit import FitConfig, fit_smpl
 
 _CAMERA_FILES = ("intri.yml", "extri.yml")
 
@@ -55,7 +55,7 @@ class PoseOptions(BaseModel):
     fit: FitConfig = Field(default_factory=FitConfig)
     device: str = Field("cpu", description="torch device of the SMPL fit")
     keypoint_backend: Literal["dwpose", "mediapipe"] = Field(
-        "dwpose", description="keypoint estimator for clips without sidecars (pipelines/keypoint_estimators.py)"
+        "dwpose", description="keypoint estimator for clips without sidecars (pipelines/preprocess/keypoint_estimators.py)"
     )
     dwpose_model: Path | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for the dwpose estimator")
     person_id: int | None = Field(None, description="EasyMocap person id; None: the first person of the first frame")
@@ -84,7 +84,7 @@ def clip_motion(
 
     `motion` and `keypoints` are the video's sidecar paths (or None); `body` is the body model the fit and the
     EasyMocap conversion use (default: the generated template); `options` are `PoseOptions` fields (a
-    `pipelines.config.ConfigError` names a bad one).
+    `pipelines.io.config.ConfigError` names a bad one).
     """
     opts = validate_config(PoseOptions, options, source="pose options")
     indices = np.asarray(frame_indices, dtype=np.int64)

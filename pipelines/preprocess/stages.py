@@ -1,5 +1,5 @@
-"""The per-clip stages of the video preprocessing job; the rows they write are pipelines/training_rows.py's, their
-config pipelines/video_job_config.py's.
+"""The per-clip stages of the video preprocessing job; the rows they write are pipelines/io/training_rows.py's, their
+config pipelines/preprocess/config.py's.
 
 A clip travels between stages as one row of `STREAM_SCHEMA`: its keys, a status ("ok"; "failed" with the stage
 and reason; or "skipped" because its row is already written) and its state, an uncompressed .npz (never a
@@ -9,7 +9,7 @@ stages untouched. Each stage is a callable class on a pyarrow batch, so Ray Data
 
     probe   video items -> clips: decord probe, resample to the target fps, cut (a video that cannot be
             decoded is one failed clip); clips whose rows are already written are marked skipped
-    pose    the clip's motion from its sidecars or a keypoint estimator and an SMPL fit (pipelines/pose_sources.py)
+    pose    the clip's motion from its sidecars or a keypoint estimator and an SMPL fit (pipelines/preprocess/pose_sources.py)
     decode  frames at native size, person crop (mask, else keypoints/motion, else centre), resize;
             the motion's intrinsics and keypoints follow the crop
     render  warp operator, motion-decoder targets and the 2D skeleton video, from the cropped motion
@@ -33,9 +33,9 @@ import torch
 from models.body_model import load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.motion_decoder import UPSCALE, motion_targets
-from pipelines.arrow_arrays import pack_state, unpack_state
+from pipelines.io.arrow_arrays import pack_state, unpack_state
 from pipelines.articulated_noise import build_motion_operator
-from pipelines.clips import (
+from pipelines.preprocess.clips import (
     centre_box,
     clip_id,
     crop_frames,
@@ -48,12 +48,12 @@ from pipelines.clips import (
     probe_video,
     sample_clips,
 )
-from pipelines.failures import describe_error
-from pipelines.frames import to_model_pixels
-from pipelines.pose_sources import clip_motion
-from pipelines.pose_video import motion_keypoints, render_pose_video
-from pipelines.training_rows import RowStore, rows_table
-from pipelines.video_job_config import CaptionConfig, VideoJobConfig
+from pipelines.io.failures import describe_error
+from pipelines.generation.frames import to_model_pixels
+from pipelines.preprocess.pose_sources import clip_motion
+from models.pose_video import motion_keypoints, render_pose_video
+from pipelines.io.training_rows import RowStore, rows_table
+from pipelines.preprocess.config import CaptionConfig, VideoJobConfig
 
 STREAM_SCHEMA = pa.schema(
     [

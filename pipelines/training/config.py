@@ -1,7 +1,7 @@
 """The fine-tuning job's config: what to train, on which rows, with which DeepSpeed setup, and how to report it.
 
 Everything that can be checked from the config alone is checked here (pydantic, errors name the field); the
-row folder is checked by `pipelines.train_data.plan_rows`. Both run in the driver before any worker starts.
+row folder is checked by `pipelines.training.schedule.plan_rows`. Both run in the driver before any worker starts.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.motion_decoder import UPSCALE
 from pipelines.articulated_noise import NoiseConfig
-from pipelines.clips import ClipConfig
-from pipelines.config import StageResources, TaskResources
-from pipelines.noise_items import BodyConfig
-from pipelines.pose_sources import PoseOptions
+from pipelines.preprocess.clips import ClipConfig
+from pipelines.io.config import StageResources, TaskResources
+from pipelines.preprocess.motion_folder import BodyConfig
+from pipelines.preprocess.pose_sources import PoseOptions
 
 if TYPE_CHECKING:
     from models.backbones import BackboneConfig

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from models.backbones.config import BackboneConfig
-from pipelines.config import RESOLVED_CONFIG_NAME
-from pipelines.row_reader import RowKey
-from pipelines.train_config import TrainJobConfig
-from pipelines.training_rows import ROWS_DIR, RowStore
+from pipelines.io.config import RESOLVED_CONFIG_NAME
+from pipelines.io.row_reader import RowKey
+from pipelines.training.config import TrainJobConfig
+from pipelines.io.training_rows import ROWS_DIR, RowStore
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 
-from pipelines.arrow_arrays import pack_state, unpack_state
-from pipelines.clips import decode_frames, probe_video
-from pipelines.config import StageResources
-from pipelines.failures import describe_error
-from pipelines.manifest import VIDEO_SUFFIXES
+from pipelines.io.arrow_arrays import pack_state, unpack_state
+from pipelines.preprocess.clips import decode_frames, probe_video
+from pipelines.io.config import StageResources
+from pipelines.io.failures import describe_error
+from pipelines.io.manifest import VIDEO_SUFFIXES
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -17,16 +17,16 @@ import torch
 import yaml
 
 from models.noise_warp import WarpOperator
-from pipelines.arrow_arrays import list_column, tensor_column
-from pipelines.config import RESOLVED_CONFIG_NAME
-from pipelines.noise_items import OPERATOR_SCHEMA
-from pipelines.row_reader import row_filesystem
+from pipelines.io.arrow_arrays import list_column, tensor_column
+from pipelines.io.config import RESOLVED_CONFIG_NAME
+from pipelines.preprocess.motion_folder import OPERATOR_SCHEMA
+from pipelines.io.row_reader import row_filesystem
 
 if TYPE_CHECKING:
     from models.backbones import BackboneAdapter
-    from pipelines.clip_stages import Clip
-    from pipelines.training_step import TrainingBatch
-    from pipelines.video_job_config import VideoJobConfig
+    from pipelines.preprocess.stages import Clip
+    from pipelines.training.step import TrainingBatch
+    from pipelines.preprocess.config import VideoJobConfig
 
 ROWS_DIR = "rows"
 FAILURES_DIR = "failures"
@@ -114,7 +114,7 @@ def training_batch(
     on `operator_device` (default `device`; the CPU lets a CPU generator draw noise for GPU latents). Rows stored
     without text embeddings (`text: caption`) have their captions embedded now, which needs the `adapter`."""
     from models.backbones import Conditioning
-    from pipelines.training_step import TrainingBatch
+    from pipelines.training.step import TrainingBatch
 
     names = set(table.column_names)
 
@@ -176,7 +176,7 @@ class RowStore:
         self.filesystem.create_dir(self.path(ROWS_DIR), recursive=True)
         name = f"part-{uuid.uuid4().hex}.parquet"
         temporary = self.path(ROWS_DIR, f"_{name}")
-        # One row per row group: a training step reads single rows (pipelines/row_reader.py), not whole files.
+        # One row per row group: a training step reads single rows (pipelines/io/row_reader.py), not whole files.
         pq.write_table(table, temporary, filesystem=self.filesystem, row_group_size=1)
         self.filesystem.move(temporary, self.path(ROWS_DIR, name))
         return self.path(ROWS_DIR, name)

@@ -33,11 +33,11 @@ from models.motion import Motion, motion_from_arrays
 from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.frames import image_pixels, pose_video_pixels, to_model_pixels, to_uint8
-from pipelines.long_video import Window, denoise_windows, plan_windows
-from pipelines.motion_io import load_motion
-from pipelines.pose_video import read_pose_video, render_pose_video
-from pipelines.video_io import write_video
+from pipelines.generation.frames import image_pixels, pose_video_pixels, to_model_pixels, to_uint8
+from pipelines.generation.long_video import Window, denoise_windows, plan_windows
+from pipelines.io.motion import load_motion
+from models.pose_video import read_pose_video, render_pose_video
+from pipelines.io.video import write_video
 
 LongVideoMode = Literal["blend", "chain"]
 ProgressCallback = Callable[[int, int], None]

@@ -33,7 +33,7 @@ Output folder (a path every node can reach, e.g. a shared file system):
 A rerun skips the rows whose MP4 exists and whose metadata says "ok", and retries the others (delete an MP4, or
 use a new output folder, to render a row again with other settings).
 
-diffusers (models.backbones, pipelines.animation) is imported only where a stage needs it, so the encode actors
+diffusers (models.backbones, pipelines.generation.animation) is imported only where a stage needs it, so the encode actors
 start without it (it takes seconds to import).
 """
 
@@ -57,18 +57,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from models.body_model import load_body_model
 from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
-from pipelines.arrow_arrays import pack_state, unpack_state
+from pipelines.io.arrow_arrays import pack_state, unpack_state
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.config import StageResources, validate_config
-from pipelines.demo_motions import DEMO_MOTIONS, make_demo_motion
-from pipelines.demo_reference import render_reference_image
-from pipelines.failures import describe_error
-from pipelines.frames import image_pixels, pose_video_pixels, read_image
-from pipelines.manifest import ManifestError, manifest_rows
-from pipelines.motion_io import load_motion, save_motion
-from pipelines.noise_items import BodyConfig
-from pipelines.pose_video import read_pose_video
-from pipelines.video_io import write_video
+from pipelines.io.config import StageResources, validate_config
+from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
+from pipelines.demo.reference import render_reference_image
+from pipelines.io.failures import describe_error
+from pipelines.generation.frames import image_pixels, pose_video_pixels, read_image
+from pipelines.io.manifest import ManifestError, manifest_rows
+from pipelines.io.motion import load_motion, save_motion
+from pipelines.preprocess.motion_folder import BodyConfig
+from models.pose_video import read_pose_video
+from pipelines.io.video import write_video
 
 if TYPE_CHECKING:
     from models.backbones import BackboneConfig
@@ -410,7 +410,7 @@ class GenerateStage(_Stage):
     name = "generate"
 
     def __init__(self, config: RenderJobConfig, device: str) -> None:
-        from pipelines.animation import AnimationPipeline
+        from pipelines.generation.animation import AnimationPipeline
 
         self.config = config
         body = load_body_model(config.body.model_path, config.body.uv_path)

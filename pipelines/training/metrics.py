@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipelines.train_config import LoggingSettings
+from pipelines.training.config import LoggingSettings
 
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

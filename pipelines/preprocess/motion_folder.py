@@ -14,11 +14,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.body_model import load_body_model
-from pipelines.arrow_arrays import list_column
+from pipelines.io.arrow_arrays import list_column
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator, preview_frames
-from pipelines.failures import describe_error
-from pipelines.motion_io import load_motion
-from pipelines.video_io import write_video
+from pipelines.io.failures import describe_error
+from pipelines.io.motion import load_motion
+from pipelines.io.video import write_video
 
 MOTION_SUFFIXES = (".npz", ".json")
 
