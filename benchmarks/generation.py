@@ -29,9 +29,9 @@ import torch
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
 from models.body_model import load_body_model
 from models.noise_warp import degrade
-from pipelines.generation.animation import AnimationPipeline
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
 from pipelines.demo.motions import make_demo_motion
+from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.long_video import plan_windows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"

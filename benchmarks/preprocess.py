@@ -23,19 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from smpl_fit import (
-    measure as measure_smpl_fit,  # benchmarks/smpl_fit.py, next to this script
-)
+from smpl_fit import measure as measure_smpl_fit  # benchmarks/smpl_fit.py, next to this script
 
 from models.body_model import load_body_model
 from models.rasterizer import scale_intrinsics
-from pipelines.io.config import load_config
 from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
 from pipelines.demo.reference import render_reference_image
+from pipelines.io.config import load_config
 from pipelines.io.manifest import list_videos
 from pipelines.io.motion import save_motion
-from pipelines.preprocess.config import VideoJobConfig
 from pipelines.io.video import write_video
+from pipelines.preprocess.config import VideoJobConfig
 
 VIDEO_SIZE = (120, 180)  # the demo camera at a quarter of its size
 VIDEO_FPS = 12.0

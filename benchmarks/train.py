@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from pipelines.io.config import load_config
-from pipelines.training.config import TrainJobConfig
 from pipelines.preprocess.config import VideoJobConfig
+from pipelines.training.config import TrainJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"

@@ -10,9 +10,7 @@ them) and the skeleton video that preprocessing stores.
 from __future__ import annotations
 
 import colorsys
-from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
@@ -149,20 +147,3 @@ def render_pose_video(
 ) -> np.ndarray:
     """The skeleton video of a motion, uint8 `[T, H, W, 3]` (see `motion_keypoints`)."""
     return render_skeletons(motion_keypoints(motion, size, body, num_frames), size, threshold)
-
-
-def read_pose_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """Decode a video file with PyAV: uint8 RGB frames `[T, H, W, 3]` and its frame rate."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pose video not found: {path}")
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-    except (av.error.FFmpegError, IndexError) as err:
-        raise ValueError(f"pose_video: {path} could not be decoded as a video: {err}") from None
-    if not frames:
-        raise ValueError(f"pose_video: {path} holds no frames")
-    return np.stack(frames), fps

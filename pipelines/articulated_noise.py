@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,6 +28,15 @@ from pipelines.io.config import validate_config
 SPATIAL_FACTOR = 8  # VAE downsampling of every supported backbone
 # Latent frames rendered at once for generation: 8 (29 video frames) keeps a 480x720 build to a few hundred MB.
 OPERATOR_CHUNK_LATENT_FRAMES = 8
+
+
+class BodyConfig(BaseModel):
+    """Which body model to pose: the generated template unless a user's SMPL file is named."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: Path | None = Field(None, description="SMPL model .npz; unset uses the generated template")
+    uv_path: Path | None = Field(None, description="UV layout (.obj or .npz) for a real SMPL model")
 
 
 class NoiseConfig(BaseModel):

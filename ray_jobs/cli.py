@@ -119,10 +119,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     truth and a render manifest); their articulated-noise operators and previews (preprocess); one video per
     manifest row from the tiny random-weight backbone (render); the videos scored against the ground truth
     (evaluate)."""
+    from pipelines.demo.manifest import write_demo_manifest
+    from pipelines.evaluation.job import EvaluateJobConfig
+    from pipelines.generation.render_manifest import RenderJobConfig
     from pipelines.io.config import load_config
     from pipelines.preprocess.motion_folder import MotionNoiseJobConfig
-    from pipelines.generation.render_items import RenderJobConfig, write_demo_manifest
-    from pipelines.evaluation.metrics import EvaluateJobConfig
     from ray_jobs import evaluate, preprocess, render
     from ray_jobs.common import init_ray
 

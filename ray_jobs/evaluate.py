@@ -3,7 +3,7 @@
 On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.evaluate --generated G --reference R
 --config C.yaml`; locally the same command starts its own Ray. Pairs are scored on an actor pool (feature networks
 loaded once per actor; `resources.num_gpus` > 0 runs them on CUDA); the driver fits the Gaussians for FID, FID-VID
-and FVD. Writes per_video.parquet/.csv, metrics.md and summary.json under `output_dir` (pipelines/evaluation/metrics.py).
+and FVD. Writes per_video.parquet/.csv, metrics.md and summary.json under `output_dir` (pipelines/evaluation/job.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 import ray.data
 
+from pipelines.evaluation.job import EvaluateJobConfig, PairEvaluator, pair_videos, per_video_table, write_report
 from pipelines.io.config import load_config, write_resolved_config
-from pipelines.evaluation.metrics import EvaluateJobConfig, PairEvaluator, pair_videos, per_video_table, write_report
 from ray_jobs.common import actor_stage, init_ray
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"

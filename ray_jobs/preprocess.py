@@ -24,15 +24,10 @@ import yaml
 
 from pipelines.io.config import load_config, write_resolved_config
 from pipelines.io.manifest import list_videos
-from pipelines.preprocess.motion_folder import (
-    MotionNoiseJobConfig,
-    MotionNoiseWorker,
-    list_motion_files,
-    rows_to_table,
-)
-from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
 from pipelines.io.training_rows import SUMMARY_NAME, RowStore
 from pipelines.preprocess.config import VideoJobConfig
+from pipelines.preprocess.motion_folder import MotionNoiseJobConfig, MotionNoiseWorker, list_motion_files, rows_to_table
+from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
 from ray_jobs.common import actor_stage, init_ray, task_stage
 
 log = logging.getLogger("humanim.preprocess")

@@ -2,7 +2,7 @@
 
 On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.render --manifest M.jsonl --config C.yaml`;
 locally the same command starts its own Ray. `--demo` first writes the demo manifest and its inputs where the
-config's `manifest` points. Stages (pipelines/generation/render_items.py): prepare on CPU actors, generate on an actor pool
+config's `manifest` points. Stages (pipelines/generation/render_stages.py): prepare on CPU actors, generate on an actor pool
 (`resources.generate.num_gpus` GPUs per actor), encode on CPU actors, streamed with backpressure. Every row ends
 written, failed or skipped (already done), and `summary.json` says so.
 """
@@ -19,18 +19,11 @@ from typing import Any
 import ray
 import ray.data
 
+from pipelines.demo.manifest import write_demo_manifest
+from pipelines.generation.render_manifest import RenderJobConfig, read_render_manifest
+from pipelines.generation.render_stages import EncodeStage, GenerateStage, PrepareStage, input_items
+from pipelines.generation.render_store import SUMMARY_NAME, RenderStore
 from pipelines.io.config import load_config, write_resolved_config
-from pipelines.generation.render_items import (
-    SUMMARY_NAME,
-    EncodeStage,
-    GenerateStage,
-    PrepareStage,
-    RenderJobConfig,
-    RenderStore,
-    input_items,
-    read_render_manifest,
-    write_demo_manifest,
-)
 from ray_jobs.common import actor_stage, init_ray
 
 log = logging.getLogger("humanim.render")

@@ -33,6 +33,9 @@ from ray.train.torch import TorchTrainer, get_device
 
 from models.backbones import BackboneAdapter, build_adapter
 from pipelines.io.config import load_config, write_resolved_config
+from pipelines.io.row_reader import keys_table, read_rows, read_scheduled, row_filesystem
+from pipelines.io.training_rows import TrainingBatch, training_batch
+from pipelines.training.config import TrainJobConfig
 from pipelines.training.engine import (
     EXPORT_DIR,
     TrainState,
@@ -47,13 +50,9 @@ from pipelines.training.engine import (
     preflight,
     save_checkpoint,
 )
-from pipelines.io.row_reader import keys_table, read_rows, read_scheduled, row_filesystem
-from pipelines.training.config import TrainJobConfig
-from pipelines.training.schedule import RowPlan, step_rows, steps_per_epoch
 from pipelines.training.metrics import MetricSinks
+from pipelines.training.schedule import RowPlan, step_rows, steps_per_epoch
 from pipelines.training.validation import VALIDATION_DIR, validate
-from pipelines.io.training_rows import training_batch
-from pipelines.training.step import TrainingBatch
 from ray_jobs.common import init_ray
 
 log = logging.getLogger("humanim.train")

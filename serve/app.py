@@ -25,7 +25,6 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
 from pipelines.io.config import validate_config
-from ray_jobs.common import init_ray
 from serve.api import build_api
 from serve.auth import ApiKeys
 from serve.config import ServeConfig, resolve_uri
@@ -110,7 +109,8 @@ def run_config_file(path: str | Path, blocking: bool = True) -> None:
                 f"{path}: application {app.name!r} sets `deployments` or `runtime_env`, which humanim serve does not "
                 "apply; put deployment settings under args (ingress, generation, long_video) or use `serve run`"
             )
-    init_ray()
+    if not ray.is_initialized():
+        ray.init()  # the cluster named by RAY_ADDRESS, else a local Ray for this process
     serve.start(http_options=deploy.http_options.model_dump(exclude_unset=True), proxy_location=deploy.proxy_location)
     for app in deploy.applications:
         module, _, attribute = app.import_path.replace(":", ".").rpartition(".")

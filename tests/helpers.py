@@ -13,15 +13,15 @@ from models.backbones import BackboneAdapter, build_adapter, load_backbone_confi
 from models.body_model import BodyModel
 from models.motion import Motion
 from models.rasterizer import scale_intrinsics
-from pipelines.io.config import load_config
 from pipelines.demo.motions import make_demo_motion
 from pipelines.demo.reference import BACKGROUND, render_reference_image
+from pipelines.io.config import load_config
 from pipelines.io.manifest import list_videos
 from pipelines.io.motion import save_motion
-from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
 from pipelines.io.training_rows import RowStore
-from pipelines.preprocess.config import VideoJobConfig
 from pipelines.io.video import write_video
+from pipelines.preprocess.config import VideoJobConfig
+from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "backbones"

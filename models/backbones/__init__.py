@@ -2,15 +2,8 @@
 
 from .base import BackboneAdapter, Conditioning
 from .cogvideox import CogVideoXAdapter
-from .config import (
-    BackboneConfig,
-    LoraSettings,
-    TinySettings,
-    VariantSpec,
-    adapter_class,
-    build_adapter,
-    load_backbone_config,
-)
+from .config import BackboneConfig, LoraSettings, TinySettings, VariantSpec, load_backbone_config
+from .registry import adapter_class, build_adapter
 from .wan import WanAdapter
 
 __all__ = [

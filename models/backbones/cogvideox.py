@@ -19,7 +19,8 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AutoTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from .base import BackboneAdapter, Conditioning, model_files
-from .config import BackboneConfig, register_adapter
+from .config import BackboneConfig
+from .registry import register_adapter
 
 _SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-
-if TYPE_CHECKING:
-    from .base import BackboneAdapter
 
 
 @dataclass(frozen=True)
@@ -172,26 +169,3 @@ def load_backbone_config(path: str | Path) -> BackboneConfig:
     """Read and validate a backbone YAML file."""
     with open(path) as f:
         return BackboneConfig.model_validate(yaml.safe_load(f))
-
-
-_ADAPTERS: dict[str, type[BackboneAdapter]] = {}
-
-
-def register_adapter(family: str):
-    """Class decorator that makes `build_adapter` build `family` configs with the decorated class."""
-
-    def register(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
-        _ADAPTERS[family] = cls
-        return cls
-
-    return register
-
-
-def adapter_class(family: str) -> type[BackboneAdapter]:
-    """The adapter class of a backbone family (the adapter modules register themselves on package import)."""
-    return _ADAPTERS[family]
-
-
-def build_adapter(config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
-    """Build the adapter for `config.family`."""
-    return adapter_class(config.family).from_config(config, device=device)

@@ -30,7 +30,8 @@ from transformers import (
 )
 
 from .base import BackboneAdapter, Conditioning, model_files
-from .config import BackboneConfig, register_adapter
+from .config import BackboneConfig
+from .registry import register_adapter
 
 # The released I2V checkpoints' scheduler config (UniPC on flow sigmas).
 _SCHEDULER_CONFIG = {

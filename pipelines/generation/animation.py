@@ -32,12 +32,12 @@ from models.body_model import BodyModel, load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN
+from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import image_pixels, pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
 from pipelines.io.motion import load_motion
-from models.pose_video import read_pose_video, render_pose_video
-from pipelines.io.video import write_video
+from pipelines.io.video import read_video, write_video
 
 LongVideoMode = Literal["blend", "chain"]
 ProgressCallback = Callable[[int, int], None]
@@ -193,7 +193,7 @@ class AnimationPipeline:
         size = self._resolution(resolution)
         video_fps = None
         if isinstance(pose_video, (str, Path)):
-            pose_video, video_fps = read_pose_video(pose_video)
+            pose_video, video_fps = read_video(pose_video, "pose_video")
         if pose_video is not None:
             pose_video = pose_video_pixels(pose_video, size)
         if isinstance(motion, (str, Path)):

@@ -1,12 +1,15 @@
-"""Training rows: their Parquet schema, building them from encoded clips, reading them back as training batches, and
-the job's output folder (a local path or any pyarrow filesystem URI, e.g. s3://bucket/prefix): `rows/`,
+"""The training-row contract, what the preprocessing job writes and the fine-tuning job reads: the rows' Parquet
+schema, building them from encoded clips, collating rows into a `TrainingBatch` (read back by key with
+`pipelines.io.row_reader`, kept free of torch so read tasks start fast), and the preprocessing job's output folder (a local path or any pyarrow filesystem URI, e.g. s3://bucket/prefix): `rows/`,
 `failures/failures.parquet` (the failures of the latest run only: a rerun retries every clip without a row),
 `config.resolved.yaml` and `summary.json`."""
 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -15,18 +18,17 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
 import yaml
+from pydantic import BaseModel
 
+from models.backbones.base import Conditioning
 from models.noise_warp import WarpOperator
 from pipelines.io.arrow_arrays import list_column, tensor_column
 from pipelines.io.config import RESOLVED_CONFIG_NAME
-from pipelines.preprocess.motion_folder import OPERATOR_SCHEMA
+from pipelines.io.operator_columns import OPERATOR_FIELDS, row_operator
 from pipelines.io.row_reader import row_filesystem
 
 if TYPE_CHECKING:
     from models.backbones import BackboneAdapter
-    from pipelines.preprocess.stages import Clip
-    from pipelines.training.step import TrainingBatch
-    from pipelines.preprocess.config import VideoJobConfig
 
 ROWS_DIR = "rows"
 FAILURES_DIR = "failures"
@@ -43,7 +45,6 @@ TENSOR_COLUMNS = (
     "pose_latents",  # skeleton video latents [F_lat, C, h, w]
     "motion_targets",  # motion-decoder targets [F_lat, 3, 4h, 4w]: u, v, body fraction
 )
-OPERATOR_COLUMNS = ("indptr", "indices", "values", "latent_shape", "texture_size", "num_background")
 ROW_SCHEMA = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -54,14 +55,55 @@ ROW_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("crop_box", pa.list_(pa.int32())),  # x0, y0, width, height in source pixels
         ("crop_source", pa.string()),  # mask, keypoints or centre
-        *(OPERATOR_SCHEMA.field(name) for name in OPERATOR_COLUMNS),
+        *OPERATOR_FIELDS,
     ]
 )
 
 # Rows
 
 
-def rows_table(clips: list[Clip]) -> pa.Table:
+class EncodedClip(Protocol):
+    """What a row is built from: a clip's keys and its state, arrays by name (the preprocessing job's `Clip`)."""
+
+    clip_id: str
+    video_id: str
+    source_path: str
+    state: dict[str, Any]
+
+
+@dataclass
+class TrainingBatch:
+    """B preprocessed rows, batched."""
+
+    latents: torch.Tensor  # [B, F_lat, C, h, w] clean video latents
+    conditioning: Conditioning
+    operators: list[WarpOperator]  # one per row, for latent grid (F_lat, h, w)
+    motion_targets: torch.Tensor  # [B, F_lat, 3, H_m, W_m] (u, v, mask) for the motion decoder
+    pose_latents: torch.Tensor | None = None  # [B, F_lat, C, h, w] driving pose video, for PadaLN
+
+    def __post_init__(self) -> None:
+        batch, frames, _, height, width = self.latents.shape
+        if len(self.operators) != batch:
+            raise ValueError(f"operators: need one per row ({batch}), got {len(self.operators)}")
+        for index, operator in enumerate(self.operators):
+            if operator.latent_shape != (frames, height, width):
+                raise ValueError(
+                    f"operators[{index}]: latent_shape {operator.latent_shape} differs from the latents' "
+                    f"{(frames, height, width)}"
+                )
+        if tuple(self.motion_targets.shape[:3]) != (batch, frames, 3):
+            raise ValueError(
+                f"motion_targets: expected [{batch}, {frames}, 3, H, W], got {list(self.motion_targets.shape)}"
+            )
+        if self.pose_latents is not None and self.pose_latents.shape != self.latents.shape:
+            raise ValueError(
+                f"pose_latents: shape {list(self.pose_latents.shape)} differs from the latents' "
+                f"{list(self.latents.shape)}"
+            )
+
+
+
+def rows_table(clips: Sequence[EncodedClip]) -> pa.Table:
     """Training rows of encoded clips: `ROW_SCHEMA`, then each tensor of `TENSOR_COLUMNS` the clips have."""
     states = [clip.state for clip in clips]
     keys = {"clip_id": [c.clip_id for c in clips], "video_id": [c.video_id for c in clips]}
@@ -94,16 +136,6 @@ def row_tensor(table: pa.Table, name: str) -> np.ndarray:
     return flat.reshape(len(table), *shapes.pop())
 
 
-def row_operator(table: pa.Table, index: int, device: torch.device | str = "cpu") -> WarpOperator:
-    """The warp operator of row `index`."""
-    arrays = {}
-    for name in OPERATOR_COLUMNS:
-        cell = table.column(name)[index]
-        is_list = name != "num_background"
-        arrays[name] = cell.values.to_numpy(zero_copy_only=False, writable=True) if is_list else cell.as_py()
-    return WarpOperator.from_arrays(arrays, device)
-
-
 def training_batch(
     table: pa.Table,
     adapter: BackboneAdapter | None = None,
@@ -113,9 +145,6 @@ def training_batch(
     """A `TrainingBatch` from training rows read back from Parquet, its tensors on `device` and its warp operators
     on `operator_device` (default `device`; the CPU lets a CPU generator draw noise for GPU latents). Rows stored
     without text embeddings (`text: caption`) have their captions embedded now, which needs the `adapter`."""
-    from models.backbones import Conditioning
-    from pipelines.training.step import TrainingBatch
-
     names = set(table.column_names)
 
     def tensor(name: str) -> torch.Tensor | None:
@@ -187,7 +216,7 @@ class RowStore:
         self.filesystem.delete_dir_contents(self.path(FAILURES_DIR))
         pq.write_table(table, self.path(FAILURES_DIR, "failures.parquet"), filesystem=self.filesystem)
 
-    def start_run(self, config: VideoJobConfig) -> frozenset[str]:
+    def start_run(self, config: BaseModel) -> frozenset[str]:
         """Check a rerun keeps what rows hold, write the resolved config, and return the clips already written."""
         resolved = config.model_dump(mode="json")
         previous = yaml.safe_load(self.read_text(RESOLVED_CONFIG_NAME) or "null")

@@ -26,3 +26,20 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+
+
+def read_video(path: str | Path, field: str = "video") -> tuple[np.ndarray, float]:
+    """Every frame of a video file, uint8 RGB `[T, H, W, 3]`, and its frame rate; errors name `field`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}: video not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+    except (av.error.FFmpegError, IndexError) as err:
+        raise ValueError(f"{field}: {path} could not be decoded as a video: {err}") from None
+    if not frames:
+        raise ValueError(f"{field}: {path} holds no frames")
+    return np.stack(frames), fps

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.motion_decoder import UPSCALE
-from pipelines.articulated_noise import NoiseConfig
-from pipelines.preprocess.clips import ClipConfig
+from pipelines.articulated_noise import BodyConfig, NoiseConfig
 from pipelines.io.config import StageResources, TaskResources
-from pipelines.preprocess.motion_folder import BodyConfig
+from pipelines.preprocess.clips import ClipConfig
 from pipelines.preprocess.pose_sources import PoseOptions
 
 if TYPE_CHECKING:

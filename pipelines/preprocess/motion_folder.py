@@ -14,10 +14,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.body_model import load_body_model
+from pipelines.articulated_noise import BodyConfig, NoiseConfig, build_motion_operator, preview_frames
 from pipelines.io.arrow_arrays import list_column
-from pipelines.articulated_noise import NoiseConfig, build_motion_operator, preview_frames
 from pipelines.io.failures import describe_error
 from pipelines.io.motion import load_motion
+from pipelines.io.operator_columns import OPERATOR_FIELDS
 from pipelines.io.video import write_video
 
 MOTION_SUFFIXES = (".npz", ".json")
@@ -30,24 +31,10 @@ OPERATOR_SCHEMA = pa.schema(
         ("stage", pa.string()),  # where a failed item failed
         ("error", pa.string()),
         ("num_frames", pa.int32()),
-        ("latent_shape", pa.list_(pa.int32())),  # F_lat, h, w
-        ("texture_size", pa.list_(pa.int32())),  # Hq, Wq
-        ("num_background", pa.int32()),
-        ("indptr", pa.large_list(pa.int64())),
-        ("indices", pa.large_list(pa.int32())),
-        ("values", pa.large_list(pa.float32())),
+        *OPERATOR_FIELDS,
         ("preview_path", pa.string()),
     ]
 )
-
-
-class BodyConfig(BaseModel):
-    """Which body model to pose: the generated template unless a user's SMPL file is named."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: Path | None = Field(None, description="SMPL model .npz; unset uses the generated template")
-    uv_path: Path | None = Field(None, description="UV layout (.obj or .npz) for a real SMPL model")
 
 
 class MotionNoiseJobConfig(BaseModel):

@@ -28,16 +28,16 @@ from scipy.spatial.transform import Rotation
 
 from models.body_model import NUM_POSE_PARAMS, BodyModel, load_body_model
 from models.motion import NUM_BETAS, Motion, MotionError, motion_from_arrays
-from pipelines.preprocess.clips import CropBox, crop_motion, crop_transform, decode_frames
+from models.pose_video import layout_for
 from pipelines.io.config import validate_config
+from pipelines.io.motion import load_motion
+from pipelines.preprocess.clips import CropBox, crop_motion, crop_transform, decode_frames
 from pipelines.preprocess.keypoint_estimators import (
     COCO17_JOINTS,
     DWPOSE_MODEL_NAME,
     MediaPipeEstimator,
     dwpose_estimator,
 )
-from pipelines.io.motion import load_motion
-from models.pose_video import layout_for
 from pipelines.preprocess.smpl_fit import FitConfig, fit_smpl
 
 _CAMERA_FILES = ("intri.yml", "extri.yml")

@@ -32,13 +32,7 @@ from scipy.spatial.transform import Rotation
 from smplx.lbs import batch_rodrigues
 
 from models.body_model import NUM_POSE_PARAMS, BodyModel
-from models.keypoints import (
-    KeypointLayout,
-    body_keypoints,
-    get_layout,
-    keypoint_body,
-    project_points,
-)
+from models.keypoints import KeypointLayout, body_keypoints, get_layout, keypoint_body, project_points
 from models.motion import NUM_BETAS, Motion, motion_from_arrays
 
 REFERENCE_SIDE = 1000.0  # residuals are measured in pixels of an image whose longer side is this

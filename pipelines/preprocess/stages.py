@@ -33,8 +33,12 @@ import torch
 from models.body_model import load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.motion_decoder import UPSCALE, motion_targets
-from pipelines.io.arrow_arrays import pack_state, unpack_state
+from models.pose_video import motion_keypoints, render_pose_video
 from pipelines.articulated_noise import build_motion_operator
+from pipelines.generation.frames import to_model_pixels
+from pipelines.io.arrow_arrays import pack_state, unpack_state
+from pipelines.io.failures import describe_error
+from pipelines.io.training_rows import RowStore, rows_table
 from pipelines.preprocess.clips import (
     centre_box,
     clip_id,
@@ -48,12 +52,8 @@ from pipelines.preprocess.clips import (
     probe_video,
     sample_clips,
 )
-from pipelines.io.failures import describe_error
-from pipelines.generation.frames import to_model_pixels
-from pipelines.preprocess.pose_sources import clip_motion
-from models.pose_video import motion_keypoints, render_pose_video
-from pipelines.io.training_rows import RowStore, rows_table
 from pipelines.preprocess.config import CaptionConfig, VideoJobConfig
+from pipelines.preprocess.pose_sources import clip_motion
 
 STREAM_SCHEMA = pa.schema(
     [

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.backbones.config import BackboneConfig, LoraSettings
 from models.losses import LossConfig
 
-BACKBONE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
+BACKBONE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "backbones"
 
 
 class _Strict(BaseModel):

@@ -35,10 +35,11 @@ from models.losses import LossConfig, LossOutput
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
 from pipelines.generation.animation import AnimationPipeline
+from pipelines.io.training_rows import TrainingBatch
 from pipelines.training.config import TrainJobConfig
-from pipelines.training.schedule import RowPlan, plan_rows
 from pipelines.training.metrics import check_sinks
-from pipelines.training.step import TrainingBatch, training_step
+from pipelines.training.schedule import RowPlan, plan_rows
+from pipelines.training.step import training_step
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"

@@ -23,8 +23,8 @@ import yaml
 from models.backbones.config import BackboneConfig
 from pipelines.io.config import RESOLVED_CONFIG_NAME
 from pipelines.io.row_reader import RowKey
-from pipelines.training.config import TrainJobConfig
 from pipelines.io.training_rows import ROWS_DIR, RowStore
+from pipelines.training.config import TrainJobConfig
 
 
 @dataclass(frozen=True)

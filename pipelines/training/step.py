@@ -7,47 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
-from models.backbones.base import BackboneAdapter, Conditioning
+from models.backbones.base import BackboneAdapter
 from models.losses import LossConfig, LossOutput, consistency_loss, diffusion_loss, total_loss
 from models.motion_decoder import UPSCALE, MotionDecoder, motion_loss, motion_targets
 from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN
 from pipelines.articulated_noise import NoiseRender
-
-
-@dataclass
-class TrainingBatch:
-    """B preprocessed rows, batched."""
-
-    latents: torch.Tensor  # [B, F_lat, C, h, w] clean video latents
-    conditioning: Conditioning
-    operators: list[WarpOperator]  # one per row, for latent grid (F_lat, h, w)
-    motion_targets: torch.Tensor  # [B, F_lat, 3, H_m, W_m] (u, v, mask) for the motion decoder
-    pose_latents: torch.Tensor | None = None  # [B, F_lat, C, h, w] driving pose video, for PadaLN
-
-    def __post_init__(self) -> None:
-        batch, frames, _, height, width = self.latents.shape
-        if len(self.operators) != batch:
-            raise ValueError(f"operators: need one per row ({batch}), got {len(self.operators)}")
-        for index, operator in enumerate(self.operators):
-            if operator.latent_shape != (frames, height, width):
-                raise ValueError(
-                    f"operators[{index}]: latent_shape {operator.latent_shape} differs from the latents' "
-                    f"{(frames, height, width)}"
-                )
-        if tuple(self.motion_targets.shape[:3]) != (batch, frames, 3):
-            raise ValueError(
-                f"motion_targets: expected [{batch}, {frames}, 3, H, W], got {list(self.motion_targets.shape)}"
-            )
-        if self.pose_latents is not None and self.pose_latents.shape != self.latents.shape:
-            raise ValueError(
-                f"pose_latents: shape {list(self.pose_latents.shape)} differs from the latents' "
-                f"{list(self.latents.shape)}"
-            )
+from pipelines.io.training_rows import TrainingBatch
 
 
 def draw_noise(

@@ -17,13 +17,13 @@ import torch
 
 from models.backbones import Conditioning
 from models.losses import LossConfig
+from pipelines.evaluation.metrics import l1_distance, psnr, ssim
 from pipelines.generation.animation import AnimationPipeline, guidance_batch, to_uint8
 from pipelines.generation.long_video import plan_windows
-from pipelines.training.config import ValidationSettings
-from pipelines.io.training_rows import training_batch
-from pipelines.training.step import TrainingBatch, draw_noise
+from pipelines.io.training_rows import TrainingBatch, training_batch
 from pipelines.io.video import write_video
-from pipelines.evaluation.metrics import l1_distance, psnr, ssim
+from pipelines.training.config import ValidationSettings
+from pipelines.training.step import draw_noise
 
 VALIDATION_DIR = "validation"
 METRICS = {"l1": l1_distance, "psnr": psnr, "ssim": ssim}

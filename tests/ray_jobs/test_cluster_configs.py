@@ -16,7 +16,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve.config import ServeConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster.yaml"
 RAYSERVICE = ROOT / "deploy" / "kuberay-rayservice.yaml"
 SERVE_CONFIG = ROOT / "configs" / "serve" / "cluster.yaml"

@@ -11,8 +11,8 @@ import torch
 from models.body_model import load_body_model
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import NoiseConfig, build_motion_operator
-from pipelines.io.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
 from pipelines.demo.motions import make_demo_motion
+from pipelines.io.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
 from pipelines.io.motion import load_motion, save_motion
 from pipelines.preprocess.motion_folder import MotionNoiseJobConfig
 from ray_jobs import preprocess

@@ -3,14 +3,7 @@
 import pytest
 import torch
 
-from models.noise_warp import (
-    WarpOperator,
-    build_warp_operator,
-    degrade,
-    latent_frame_of,
-    latent_num_frames,
-    undegrade,
-)
+from models.noise_warp import WarpOperator, build_warp_operator, degrade, latent_frame_of, latent_num_frames, undegrade
 
 LATENT = (3, 6, 8)  # F_lat, h, w
 FACTOR = 4

@@ -13,23 +13,17 @@ import pytest
 from helpers import CONFIGS
 
 from models.body_model import load_body_model
+from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.io.config import RESOLVED_CONFIG_NAME
+from pipelines.demo.manifest import write_demo_manifest
 from pipelines.demo.motions import make_demo_motion
+from pipelines.generation.render_manifest import RenderJobConfig, read_render_manifest
+from pipelines.generation.render_stages import GenerateStage, PrepareStage, input_items, items_from_table
+from pipelines.generation.render_store import METADATA_NAME
+from pipelines.io.config import RESOLVED_CONFIG_NAME
 from pipelines.io.manifest import ManifestError
-from models.pose_video import read_pose_video, render_pose_video
 from pipelines.io.motion import load_motion, save_motion
-from pipelines.generation.render_items import (
-    METADATA_NAME,
-    GenerateStage,
-    PrepareStage,
-    RenderJobConfig,
-    input_items,
-    items_from_table,
-    read_render_manifest,
-    write_demo_manifest,
-)
-from pipelines.io.video import write_video
+from pipelines.io.video import read_video, write_video
 from ray_jobs import render
 from ray_jobs.cli import main
 
@@ -91,7 +85,7 @@ def test_broken_rows_are_recorded_and_a_rerun_resumes(ray_local, manifest, tmp_p
     # default num_frames: the longest count the 17-frame motion allows (8m+1 for CogVideoX 1.0)
     for item_id, frames in {"walk": 9, "turn": 17, "posed": 17}.items():
         row = rows[item_id]
-        video, fps = read_pose_video(row["output_path"])
+        video, fps = read_video(row["output_path"])
         assert row["status"] == "ok" and row["frames"] == frames and video.shape == (frames, 32, 32, 3)
         assert row["seconds"] == pytest.approx(frames / row["fps"]) and fps == pytest.approx(row["fps"])
         assert row["generation_seconds"] > 0
@@ -137,7 +131,7 @@ def test_demo_manifest(tmp_path) -> None:
     assert [row["id"] for row in rows] == ["arm_swings", "turn", "walk"]
     for row in rows:
         assert PIL.Image.open(row["image"]).size == (48, 32) and row["num_frames"] == 9
-        truth, _ = read_pose_video(tmp_path / "demo" / "reference" / f"{row['id']}.mp4")
+        truth, _ = read_video(tmp_path / "demo" / "reference" / f"{row['id']}.mp4")
         assert truth.shape == (9, 32, 48, 3)
 
 

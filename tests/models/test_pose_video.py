@@ -6,20 +6,12 @@ import numpy as np
 import pytest
 
 from models.body_model import load_body_model
+from models.keypoints import COCO17, SMPL24
 from models.motion import motion_from_arrays
+from models.pose_video import draw_skeleton, layout_for, motion_keypoints, palette, render_pose_video, render_skeletons
 from pipelines.articulated_noise import NoiseConfig, render_motion
 from pipelines.demo.motions import make_demo_motion
-from models.keypoints import COCO17, SMPL24
-from models.pose_video import (
-    draw_skeleton,
-    layout_for,
-    motion_keypoints,
-    palette,
-    read_pose_video,
-    render_pose_video,
-    render_skeletons,
-)
-from pipelines.io.video import write_video
+from pipelines.io.video import read_video, write_video
 
 L_SHOULDER, L_ELBOW = 5, 7
 
@@ -126,11 +118,11 @@ def test_read_pose_video_decodes_what_write_video_wrote(tmp_path):
     frames = np.zeros((5, 16, 24, 3), dtype=np.uint8)
     frames[:, 4:12, 8:16] = 255
     write_video(tmp_path / "pose.mp4", frames, fps=12)
-    decoded, fps = read_pose_video(tmp_path / "pose.mp4")
+    decoded, fps = read_video(tmp_path / "pose.mp4")
     assert decoded.shape == frames.shape and decoded.dtype == np.uint8 and fps == 12
     assert np.abs(decoded.astype(int) - frames).mean() < 4
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match="pose_video: .*could not be decoded"):
-        read_pose_video(tmp_path / "bad.mp4")
+        read_video(tmp_path / "bad.mp4", "pose_video")
     with pytest.raises(FileNotFoundError):
-        read_pose_video(tmp_path / "missing.mp4")
+        read_video(tmp_path / "missing.mp4")

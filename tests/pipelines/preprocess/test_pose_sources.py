@@ -16,6 +16,7 @@ from models.keypoints import COCO17, motion_keypoints2d
 from models.motion import Motion, motion_from_arrays
 from pipelines.demo.motions import make_demo_motion
 from pipelines.io.motion import save_motion
+from pipelines.io.video import write_video
 from pipelines.preprocess.keypoint_estimators import (
     BLAZEPOSE_TO_COCO17,
     DWPOSE_MODEL_NAME,
@@ -33,7 +34,6 @@ from pipelines.preprocess.pose_sources import (
     read_easymocap_cameras,
 )
 from pipelines.preprocess.smpl_fit import FitConfig
-from pipelines.io.video import write_video
 
 VIDEO_SIZE = (480, 720)
 QUICK_FIT = FitConfig(orient_iterations=5, iterations=10).model_dump()

@@ -13,19 +13,10 @@ import scipy.linalg
 import torch
 from safetensors.torch import save_file
 
+from pipelines.evaluation.feature_networks import FeatureNetwork, FeatureNetworkConfig, Lpips, LpipsConfig
+from pipelines.evaluation.job import EvaluateJobConfig
+from pipelines.evaluation.metrics import frechet_distance, gaussian_window, l1_distance, psnr, ssim
 from pipelines.io.video import write_video
-from pipelines.evaluation.metrics import (
-    EvaluateJobConfig,
-    FeatureNetwork,
-    FeatureNetworkConfig,
-    Lpips,
-    LpipsConfig,
-    frechet_distance,
-    gaussian_window,
-    l1_distance,
-    psnr,
-    ssim,
-)
 from ray_jobs.cli import main
 
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

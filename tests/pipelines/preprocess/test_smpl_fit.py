@@ -8,14 +8,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from models.body_model import load_body_model
-from models.keypoints import (
-    COCO17,
-    SMPL24,
-    body_keypoints,
-    get_layout,
-    keypoint_body,
-    motion_keypoints2d,
-)
+from models.keypoints import COCO17, SMPL24, body_keypoints, get_layout, keypoint_body, motion_keypoints2d
 from models.motion import Motion, motion_from_arrays
 from models.smpl_template import SMPL_JOINT_NAMES
 from pipelines.demo.motions import make_demo_motion

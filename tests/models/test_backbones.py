@@ -11,13 +11,7 @@ import torch
 from helpers import CONFIGS, TINY, tiny
 from pydantic import ValidationError
 
-from models.backbones import (
-    BackboneConfig,
-    CogVideoXAdapter,
-    WanAdapter,
-    build_adapter,
-    load_backbone_config,
-)
+from models.backbones import BackboneConfig, CogVideoXAdapter, WanAdapter, build_adapter, load_backbone_config
 from models.backbones.config import VARIANTS
 
 

@@ -21,6 +21,13 @@ from models.motion import Motion, motion_from_arrays
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
 from pipelines.articulated_noise import build_motion_operator
+from pipelines.demo.motions import make_demo_motion
+from pipelines.io.config import RESOLVED_CONFIG_NAME, load_config
+from pipelines.io.manifest import ManifestError, list_videos
+from pipelines.io.motion import save_motion
+from pipelines.io.operator_columns import row_operator
+from pipelines.io.training_rows import training_batch
+from pipelines.io.video import write_video
 from pipelines.preprocess.clips import (
     ClipConfig,
     CropBox,
@@ -32,15 +39,9 @@ from pipelines.preprocess.clips import (
     person_box,
     sample_clips,
 )
-from pipelines.io.config import RESOLVED_CONFIG_NAME, load_config
-from pipelines.demo.motions import make_demo_motion
-from pipelines.io.manifest import ManifestError, list_videos
-from pipelines.io.motion import save_motion
-from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
-from pipelines.io.training_rows import row_operator, training_batch
 from pipelines.preprocess.config import VideoJobConfig
+from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, WriteStage
 from pipelines.training.step import training_step
-from pipelines.io.video import write_video
 from ray_jobs import preprocess
 
 CONFIG = "configs/preprocess/videos-tiny.yaml"

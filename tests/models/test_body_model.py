@@ -11,13 +11,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from models.body_model import MODEL_KEYS, load_body_model
-from models.smpl_template import (
-    MIN_DETAIL,
-    SMPL_JOINT_NAMES,
-    SMPL_PARENTS,
-    SMPL_SIZE_DETAIL,
-    generate_smpl_template,
-)
+from models.smpl_template import MIN_DETAIL, SMPL_JOINT_NAMES, SMPL_PARENTS, SMPL_SIZE_DETAIL, generate_smpl_template
 
 SMALL_DETAIL = MIN_DETAIL
 TEST_DETAIL = 12  # fast, but with a few rings per bone

@@ -13,12 +13,12 @@ from helpers import CONFIGS
 from models.body_model import load_body_model
 from models.motion import Motion, MotionError
 from models.padaln import PadaLN
+from models.pose_video import render_pose_video
+from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.frames import to_uint8
-from pipelines.demo.motions import make_demo_motion
 from pipelines.io.motion import save_motion
-from models.pose_video import read_pose_video, render_pose_video
-from pipelines.io.video import write_video
+from pipelines.io.video import read_video, write_video
 from ray_jobs.cli import main
 
 
@@ -184,7 +184,7 @@ def test_generate_command_writes_the_requested_frames(tmp_path, body, image, cap
     main([*common, "--motion", str(motion_path), "--frames", "25", "--out", str(tmp_path / "out.mp4")])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 25
-    frames, fps = read_pose_video(tmp_path / "out.mp4")
+    frames, fps = read_video(tmp_path / "out.mp4")
     assert frames.shape == (25, 32, 32, 3) and fps == 24
 
     # Pose control from a skeleton video file with PadaLN and LoRA weights, no motion, i.i.d. noise.
@@ -195,7 +195,7 @@ def test_generate_command_writes_the_requested_frames(tmp_path, body, image, cap
     write_video(tmp_path / "pose.mp4", render_pose_video(make_demo_motion("walk", 17), (32, 32), body), fps=12)
     main([*common, "--pose-video", str(tmp_path / "pose.mp4"), "--padaln", str(tmp_path / "pl"),
           "--lora", str(tmp_path / "lora"), "--no-articulated-noise", "--out", str(tmp_path / "posed.mp4")])
-    frames, fps = read_pose_video(tmp_path / "posed.mp4")
+    frames, fps = read_video(tmp_path / "posed.mp4")
     assert frames.shape == (17, 32, 32, 3) and fps == 12
 
     with pytest.raises(SystemExit):

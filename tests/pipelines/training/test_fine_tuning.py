@@ -13,9 +13,9 @@ from helpers import ROOT, write_tiny_rows
 from models.body_model import load_body_model
 from models.motion_decoder import MotionDecoder
 from pipelines.io.config import load_config
-from pipelines.training.engine import deepspeed_settings, publish, step_generator
 from pipelines.io.row_reader import RowKey, keys_table, read_rows, row_filesystem
 from pipelines.training.config import TrainJobConfig
+from pipelines.training.engine import deepspeed_settings, publish, step_generator
 from pipelines.training.schedule import plan_rows, step_rows
 
 CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"

@@ -22,12 +22,12 @@ from models.backbones import build_adapter
 from models.body_model import load_body_model
 from models.motion_decoder import MOTION_DECODER_WEIGHTS_NAME, MotionDecoder
 from models.padaln import PADALN_WEIGHTS_NAME, PadaLN
-from pipelines.generation.animation import AnimationPipeline
-from pipelines.io.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
 from pipelines.demo.motions import make_demo_motion
 from pipelines.demo.reference import render_reference_image
-from pipelines.training.engine import DEEPSPEED_DIR, DEEPSPEED_TAG
+from pipelines.generation.animation import AnimationPipeline
+from pipelines.io.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
 from pipelines.training.config import TrainJobConfig
+from pipelines.training.engine import DEEPSPEED_DIR, DEEPSPEED_TAG
 from ray_jobs import cli, train
 
 CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"

@@ -1,0 +1,30 @@
+"""Which adapter class builds which backbone family: the adapter modules register themselves on package import."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import BackboneAdapter
+from .config import BackboneConfig
+
+_ADAPTERS: dict[str, type[BackboneAdapter]] = {}
+
+
+def register_adapter(family: str):
+    """Class decorator that makes `build_adapter` build `family` configs with the decorated class."""
+
+    def register(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
+        _ADAPTERS[family] = cls
+        return cls
+
+    return register
+
+
+def adapter_class(family: str) -> type[BackboneAdapter]:
+    """The adapter class of a backbone family (the adapter modules register themselves on package import)."""
+    return _ADAPTERS[family]
+
+
+def build_adapter(config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
+    """Build the adapter for `config.family`."""
+    return adapter_class(config.family).from_config(config, device=device)

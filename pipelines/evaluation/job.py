@@ -1,0 +1,225 @@
+"""The evaluation job's configuration and flow (no Ray): pair generated and ground-truth videos by file stem, score
+each pair, aggregate per-video rows into the papers' table and write the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.evaluation.feature_networks import (
+    I3D_WHAT,
+    INCEPTION_WHAT,
+    LPIPS_BACKBONE_WHAT,
+    LPIPS_LINEAR_WHAT,
+    FeatureNetwork,
+    FeatureNetworkConfig,
+    Lpips,
+    LpipsConfig,
+    require_file,
+)
+from pipelines.evaluation.metrics import feature_frechet_distance, l1_distance, psnr, ssim
+from pipelines.io.arrow_arrays import pack_state, unpack_state
+from pipelines.io.config import StageResources
+from pipelines.io.failures import describe_error
+from pipelines.io.manifest import VIDEO_SUFFIXES
+from pipelines.io.video import read_video
+
+TABLE_COLUMNS = (("l1", "L1↓"), ("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("lpips", "LPIPS↓"), ("fid", "FID↓"),
+                 ("fid_vid", "FID-VID↓"), ("fvd", "FVD↓"))
+PER_VIDEO_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("generated_path", pa.string()),
+        ("reference_path", pa.string()),
+        ("status", pa.string()),  # "ok" or "failed"
+        ("error", pa.string()),
+        ("frames", pa.int32()),  # frames compared
+        ("l1", pa.float64()),
+        ("psnr", pa.float64()),
+        ("ssim", pa.float64()),
+        ("lpips", pa.float64()),
+    ]
+)
+FEATURES_COLUMN = "features"  # .npz of the pair's feature arrays; dropped from the written table
+
+
+# The evaluation job's configuration and per-pair flow
+
+
+class EvaluateJobConfig(BaseModel):
+    """Generated videos vs ground truth, paired by file stem."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generated: Path = Field(description="folder of generated videos")
+    reference: Path = Field(description="folder of ground-truth videos with the same file stems")
+    output_dir: Path
+    name: str = Field("humanim", description="the method's name in the Markdown table")
+    lpips: LpipsConfig | None = None
+    inception: FeatureNetworkConfig | None = Field(None, description="FID and FID-VID")
+    i3d: FeatureNetworkConfig | None = Field(None, description="FVD")
+    resources: StageResources = StageResources()
+
+    def check_weights(self) -> None:
+        """Every configured weights file exists (FileNotFoundError naming it otherwise), before any work starts."""
+        if self.lpips is not None:
+            require_file(self.lpips.backbone_weights, "lpips.backbone_weights",
+                         LPIPS_BACKBONE_WHAT.format(net={"alex": "AlexNet", "vgg": "VGG-16"}[self.lpips.net]))
+            require_file(self.lpips.linear_weights, "lpips.linear_weights",
+                         LPIPS_LINEAR_WHAT.format(net=self.lpips.net))
+        if self.inception is not None:
+            require_file(self.inception.path, "inception.path", INCEPTION_WHAT)
+        if self.i3d is not None:
+            require_file(self.i3d.path, "i3d.path", I3D_WHAT)
+
+
+def _videos(folder: Path, field: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{field}: folder not found: {folder} (expected a folder of videos)")
+    return {path.stem: path for path in sorted(folder.iterdir()) if path.suffix.lower() in VIDEO_SUFFIXES}
+
+
+def pair_videos(generated: Path, reference: Path) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
+    """Pairs `{id, generated_path, reference_path}` by file stem, and the stems found on one side only."""
+    ours, truth = _videos(generated, "generated"), _videos(reference, "reference")
+    pairs = [{"id": stem, "generated_path": str(ours[stem]), "reference_path": str(truth[stem])}
+             for stem in sorted(set(ours) & set(truth))]
+    return pairs, {"generated_only": sorted(set(ours) - set(truth)), "reference_only": sorted(set(truth) - set(ours))}
+
+
+def aligned(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The ground truth cut to the generated length and resized (bicubic) to the generated size."""
+    if len(reference) < len(generated):
+        raise ValueError(f"the ground truth has {len(reference)} frames, fewer than the {len(generated)} generated")
+    reference = reference[: len(generated)]
+    height, width = generated.shape[1:3]
+    if reference.shape[1:3] == (height, width):
+        return reference
+    return np.stack([np.asarray(PIL.Image.fromarray(f).resize((width, height), PIL.Image.Resampling.BICUBIC))
+                     for f in reference])
+
+
+class PairEvaluator:
+    """Scores one video pair; holds the feature networks, so they are loaded once per worker."""
+
+    def __init__(self, config: EvaluateJobConfig, device: str = "cpu") -> None:
+        self.device = device
+        self.lpips = None if config.lpips is None else Lpips.load(config.lpips, device)
+        self.inception = None if config.inception is None else FeatureNetwork(
+            config.inception, "inception.path", INCEPTION_WHAT, device)
+        self.i3d = None if config.i3d is None else FeatureNetwork(config.i3d, "i3d.path", I3D_WHAT, device)
+
+    def _lpips(self, generated: np.ndarray, reference: np.ndarray) -> float:
+        pixels = [torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+                  for x in (generated, reference)]
+        return float(torch.cat([self.lpips(a, b) for a, b in zip(pixels[0].split(16), pixels[1].split(16))]).mean())
+
+    def evaluate(self, pair: dict[str, str]) -> dict[str, Any]:
+        """The pair's row (`PER_VIDEO_SCHEMA` plus its packed features)."""
+        row: dict[str, Any] = {**pair, "status": "ok"}
+        try:
+            generated, _ = read_video(pair["generated_path"], "generated")
+            reference = aligned(generated, read_video(pair["reference_path"], "reference")[0])
+            row.update(frames=len(generated), l1=l1_distance(generated, reference), psnr=psnr(generated, reference),
+                       ssim=ssim(generated, reference, self.device))
+            features: dict[str, np.ndarray] = {}
+            if self.lpips is not None:
+                row["lpips"] = self._lpips(generated, reference)
+            if self.inception is not None:
+                features["inception_generated"] = self.inception.frame_features(generated)
+                features["inception_reference"] = self.inception.frame_features(reference)
+            if self.i3d is not None:
+                features["i3d_generated"] = self.i3d.video_features(generated)
+                features["i3d_reference"] = self.i3d.video_features(reference)
+            row[FEATURES_COLUMN] = pack_state(features)
+        except Exception as err:  # noqa: BLE001 - a failed pair is recorded, never lost
+            row.update(status="failed", error=describe_error(err))
+        return row
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return per_video_table([self.evaluate(pair) for pair in batch.to_pylist()], with_features=True)
+
+
+def per_video_table(rows: list[dict[str, Any]], with_features: bool = False) -> pa.Table:
+    schema = PER_VIDEO_SCHEMA
+    if with_features:
+        schema = schema.append(pa.field(FEATURES_COLUMN, pa.large_binary()))
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+
+
+# Aggregation and the report
+
+
+def _fid_or_none(generated: list[np.ndarray], reference: list[np.ndarray]) -> float | None:
+    """Frechet distance of the stacked features; None with fewer than 2 samples a side (no covariance)."""
+    if len(generated) < 2 or len(reference) < 2:
+        return None
+    return feature_frechet_distance(np.stack(generated), np.stack(reference))
+
+
+def aggregate(table: pa.Table) -> dict[str, float | None]:
+    """The table's metrics over its "ok" pairs: means of the per-video ones, Frechet distances of the features."""
+    rows = [row for row in table.to_pylist() if row["status"] == "ok"]
+    result: dict[str, float | None] = {}
+    for key in ("l1", "psnr", "ssim", "lpips"):
+        values = [row[key] for row in rows if row[key] is not None]
+        result[key] = float(np.mean(values)) if values else None
+    features = [unpack_state(row[FEATURES_COLUMN]) for row in rows]
+    frames = [f for f in features if "inception_generated" in f]
+    result["fid"] = _fid_or_none([x for f in frames for x in f["inception_generated"]],
+                                 [x for f in frames for x in f["inception_reference"]])
+    result["fid_vid"] = _fid_or_none([f["inception_generated"].mean(0) for f in frames],
+                                     [f["inception_reference"].mean(0) for f in frames])
+    videos = [f for f in features if "i3d_generated" in f]
+    result["fvd"] = _fid_or_none([f["i3d_generated"] for f in videos], [f["i3d_reference"] for f in videos])
+    return result
+
+
+def _cell(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if key == "l1":
+        return f"{value:.2E}"
+    if key in ("ssim", "lpips"):
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def markdown_table(name: str, metrics: dict[str, float | None]) -> str:
+    """The aggregate in the papers' layout; "—" where a metric was not computed."""
+    header = "| Method | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
+    rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
+    row = f"| {name} | " + " | ".join(_cell(key, metrics.get(key)) for key, _ in TABLE_COLUMNS) + " |"
+    return f"{header}\n{rule}\n{row}\n"
+
+
+def write_report(config: EvaluateJobConfig, table: pa.Table, unpaired: dict[str, list[str]]) -> dict[str, Any]:
+    """per_video.parquet/.csv, metrics.md and summary.json under `output_dir`; returns the summary."""
+    output = config.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    metrics = aggregate(table)
+    per_video = table.select(PER_VIDEO_SCHEMA.names)
+    pq.write_table(per_video, output / "per_video.parquet")
+    pyarrow.csv.write_csv(per_video, output / "per_video.csv")
+    (output / "metrics.md").write_text(markdown_table(config.name, metrics))
+    statuses = per_video.column("status").to_pylist()
+    summary = {
+        "pairs": len(statuses),
+        "evaluated": statuses.count("ok"),
+        "failed": statuses.count("failed"),
+        **unpaired,
+        "metrics": {key: (None if value is None or math.isinf(value) else value) for key, value in metrics.items()},
+        "infinite": sorted(key for key, value in metrics.items() if value is not None and math.isinf(value)),
+    }
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
