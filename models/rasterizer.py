@@ -1,5 +1,8 @@
 """Z-buffer triangle rasterizer: pure PyTorch (CPU and CUDA), with an optional nvdiffrast backend.
 
+One module on purpose (~530 lines): the tiling, z-buffer and decode helpers are private steps of one algorithm that
+share its conventions and chunk sizes; split apart they would only be read together.
+
 Conventions shared by every function here:
 - Vertices are in the camera frame, OpenCV convention: x right, y down, z forward, metres.
 - Intrinsics `K` map a camera point to the image point (u, v) = (fx*x/z + s*y/z + cx, fy*y/z + cy).

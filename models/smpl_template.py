@@ -8,6 +8,9 @@ mean. The ten shape directions are derivatives of the generator with respect to 
 surface area, and the charts are shelf-packed into the unit square.
 
 Frame and units as SMPL: metres, y up, the body faces +z, the subject's left is +x, T-pose.
+
+One module on purpose (~490 lines): the private helpers are the steps of one generator and only make sense read
+in order, from the body design to the packed UV atlas.
 """
 
 from __future__ import annotations

@@ -25,14 +25,14 @@ from pipelines.preprocess.keypoint_estimators import (
     blazepose_to_coco17,
     decode_simcc,
 )
-from pipelines.preprocess.pose_sources import (
+from pipelines.preprocess.pose_files import (
     PoseSourceError,
-    clip_motion,
     easymocap_to_motion,
     guess_intrinsics,
     load_keypoints_sidecar,
     read_easymocap_cameras,
 )
+from pipelines.preprocess.pose_sources import clip_motion
 from pipelines.preprocess.smpl_fit import FitConfig
 
 VIDEO_SIZE = (480, 720)
@@ -167,7 +167,7 @@ def test_easymocap_file_with_69_wide_poses(tmp_path, body, walk):
 def test_easymocap_world_transform_is_applied_about_the_model_origin(body, walk):
     """EasyMocap rotates the posed body about the origin, smplx about the pelvis: a pure Rh must move the pelvis."""
     params = {"Rh": np.tile([[0.0, np.pi / 2, 0.0]], (2, 1)), "Th": np.zeros((2, 3)), "poses": np.zeros((2, 69)), "shapes": np.zeros((2, 10))}
-    from pipelines.preprocess.pose_sources import EasyMocapCamera
+    from pipelines.preprocess.pose_files import EasyMocapCamera
 
     motion = easymocap_to_motion(params, EasyMocapCamera(walk.K[0], np.eye(3), np.zeros(3)), body, VIDEO_SIZE, 24.0)
     with torch.no_grad():
