@@ -181,6 +181,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps}))
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    """Synthetic people clips of one split, written as a video folder the preprocessing job reads (Ray Data)."""
+    from pipelines.io.config import StageResources
+    from ray_jobs import synth
+    from ray_jobs.common import init_ray
+
+    init_ray()
+    resources = StageResources(workers=args.workers, batch_size=4)
+    print(json.dumps(synth.run(args.out, args.clips, args.split, args.seed, args.frames, (args.height, args.width),
+                               resources)))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the HTTP API from a Serve config file on a local Ray (or RAY_ADDRESS); blocks until Ctrl-C."""
     from serve.app import run_config_file
@@ -221,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--input", type=Path, help="override the input (videos, or input_dir for motion files)")
     preprocess.add_argument("--out", type=Path, help="override output_dir")
     preprocess.set_defaults(func=cmd_preprocess)
+
+    synth = commands.add_parser("synth", help=cmd_synth.__doc__)
+    synth.add_argument("--out", type=Path, required=True, help="output folder (videos with their sidecars)")
+    synth.add_argument("--clips", type=int, required=True, help="how many clips")
+    synth.add_argument("--split", choices=("train", "test"), required=True,
+                       help="train, or test: motion x shirt-colour pairs never seen in training")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--frames", type=int, default=49, help="frames per clip")
+    synth.add_argument("--height", type=int, default=96)
+    synth.add_argument("--width", type=int, default=144)
+    synth.add_argument("--workers", type=int, default=1, help="actors writing clips (one CPU each)")
+    synth.set_defaults(func=cmd_synth)
 
     train = commands.add_parser("train", help=cmd_train.__doc__)
     train.add_argument("--config", type=Path, required=True, help="train config (configs/train/)")

@@ -21,7 +21,7 @@ SPINE1 = 3
 L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW = 16, 17, 18, 19
 
 
-def _camera_orient(yaw: np.ndarray) -> np.ndarray:
+def camera_orient(yaw: np.ndarray) -> np.ndarray:
     """Axis-angle that turns SMPL's y-up body (facing +z) upright in an OpenCV camera, then yaws it.
 
     Yaw 0 faces the camera; yaw pi/2 faces image-right (+x).
@@ -30,7 +30,7 @@ def _camera_orient(yaw: np.ndarray) -> np.ndarray:
     return (upright * Rotation.from_rotvec(np.outer(yaw, [0.0, 1.0, 0.0]))).as_rotvec()
 
 
-class _Pose:
+class Pose:
     """Per-frame local joint rotations, composed in the parent's frame and exported as axis-angle."""
 
     def __init__(self, num_frames: int) -> None:
@@ -45,7 +45,7 @@ class _Pose:
         return np.concatenate([rotation.as_rotvec() for rotation in self.rotations], axis=1)
 
 
-def _lower_arms(pose: _Pose, angle: np.ndarray | float, num_frames: int) -> None:
+def lower_arms(pose: Pose, angle: np.ndarray | float, num_frames: int) -> None:
     """Bring the T-pose arms down by `angle` radians (left arm lies along +x, right along -x)."""
     angle = np.broadcast_to(angle, (num_frames,))
     pose.rotate(L_SHOULDER, (0.0, 0.0, 1.0), -angle)
@@ -55,38 +55,38 @@ def _lower_arms(pose: _Pose, angle: np.ndarray | float, num_frames: int) -> None
 def _walk(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profile walk from image-left to image-right at 0.45 m/s with a 1.1 s gait cycle."""
     phase = 2 * np.pi * t / 1.1
-    pose = _Pose(len(t))
+    pose = Pose(len(t))
     swing = 0.45 * np.sin(phase)
     pose.rotate(L_HIP, (1.0, 0.0, 0.0), -swing)  # negative about x swings the leg forward
     pose.rotate(R_HIP, (1.0, 0.0, 0.0), swing)
     pose.rotate(L_KNEE, (1.0, 0.0, 0.0), 0.55 * np.clip(np.sin(phase - 1.2), 0, None) + 0.05)
     pose.rotate(R_KNEE, (1.0, 0.0, 0.0), 0.55 * np.clip(np.sin(phase + np.pi - 1.2), 0, None) + 0.05)
-    _lower_arms(pose, 1.3, len(t))
+    lower_arms(pose, 1.3, len(t))
     pose.rotate(L_SHOULDER, (1.0, 0.0, 0.0), 0.4 * np.sin(phase))  # arms swing against the legs
     pose.rotate(R_SHOULDER, (1.0, 0.0, 0.0), -0.4 * np.sin(phase))
     pose.rotate(L_ELBOW, (0.0, 1.0, 0.0), np.full(len(t), -0.3))
     pose.rotate(R_ELBOW, (0.0, 1.0, 0.0), np.full(len(t), 0.3))
     x = -1.2 + 0.45 * t
     transl = np.stack([x, np.full_like(t, PELVIS_HEIGHT), np.full_like(t, SUBJECT_DEPTH)], axis=1)
-    return _camera_orient(np.full(len(t), np.pi / 2)), pose.body_pose(), transl
+    return camera_orient(np.full(len(t), np.pi / 2)), pose.body_pose(), transl
 
 
 def _arm_swings(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Facing the camera, both arms sweep from the hips to above the head and back, with a sway."""
     phase = 2 * np.pi * t / 2.0
-    pose = _Pose(len(t))
-    _lower_arms(pose, 0.15 - 1.15 * np.sin(phase), len(t))
+    pose = Pose(len(t))
+    lower_arms(pose, 0.15 - 1.15 * np.sin(phase), len(t))
     pose.rotate(SPINE1, (0.0, 0.0, 1.0), 0.08 * np.sin(phase / 2))
     transl = np.stack([np.zeros_like(t), np.full_like(t, PELVIS_HEIGHT), np.full_like(t, SUBJECT_DEPTH)], axis=1)
-    return _camera_orient(np.zeros(len(t))), pose.body_pose(), transl
+    return camera_orient(np.zeros(len(t))), pose.body_pose(), transl
 
 
 def _turn(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standing with arms half down, turning on the spot once every 5 seconds."""
-    pose = _Pose(len(t))
-    _lower_arms(pose, 0.7, len(t))
+    pose = Pose(len(t))
+    lower_arms(pose, 0.7, len(t))
     transl = np.stack([np.zeros_like(t), np.full_like(t, PELVIS_HEIGHT), np.full_like(t, SUBJECT_DEPTH)], axis=1)
-    return _camera_orient(2 * np.pi * t / 5.0), pose.body_pose(), transl
+    return camera_orient(2 * np.pi * t / 5.0), pose.body_pose(), transl
 
 
 DEMO_MOTIONS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
