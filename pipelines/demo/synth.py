@@ -241,8 +241,9 @@ def write_clip(spec: ClipSpec, body: BodyModel, output_dir: str | Path) -> Path:
 
 
 class SynthWorker:
-    """Writes clips by index (a pyarrow batch with an `id` column, as `ray.data.range` makes) and answers one row per clip: its stem,
-    status (`ok`, `skipped` when its video already exists, `failed`) and error; holds the body model."""
+    """Writes clips by index (a pyarrow batch with an `id` column, as `ray.data.range` makes) and answers one row
+    per clip: its stem, status (`ok`, `skipped` when its video already exists, `failed`) and error; holds the body
+    model."""
 
     def __init__(self, output_dir: str | Path, seed: int, split: Split, num_frames: int, size: tuple[int, int]) -> None:
         self.output_dir, self.seed, self.split = Path(output_dir), seed, split
