@@ -11,7 +11,7 @@ import PIL.Image
 
 from models.body_model import load_body_model
 from pipelines.demo.motions import DEMO_MOTIONS, make_demo_motion
-from pipelines.demo.reference import render_reference_image
+from pipelines.demo.reference import BACKGROUND, render_reference_image
 from pipelines.io.motion import save_motion
 from pipelines.io.video import write_video
 
@@ -40,6 +40,9 @@ def write_demo_manifest(manifest: str | Path, size: tuple[int, int], num_frames:
         # Its motion and caption as sidecars: reference/ is also a video folder the preprocessing job takes.
         save_motion(root / "reference" / f"{name}.npz", motion)
         (root / "reference" / f"{name}.txt").write_text(prompt)
+        # The static background alone: what is not background is the person (the evaluation's silhouette IoU).
+        background = np.broadcast_to(np.round(np.array(BACKGROUND) * 255).astype(np.uint8), (*size, 3))
+        PIL.Image.fromarray(np.ascontiguousarray(background)).save(root / "reference" / f"{name}.background.png")
         rows.append(
             {
                 "id": name,

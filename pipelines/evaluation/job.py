@@ -27,15 +27,20 @@ from pipelines.evaluation.feature_networks import (
     LpipsConfig,
     require_file,
 )
-from pipelines.evaluation.metrics import feature_frechet_distance, l1_distance, psnr, ssim
+from pipelines.evaluation.metrics import feature_frechet_distance, l1_distance, psnr, silhouette_iou_per_frame, ssim
 from pipelines.io.arrow_arrays import pack_state, unpack_state
 from pipelines.io.config import StageResources
 from pipelines.io.failures import describe_error
 from pipelines.io.manifest import VIDEO_SUFFIXES
 from pipelines.io.video import read_video
 
-TABLE_COLUMNS = (("l1", "L1↓"), ("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("lpips", "LPIPS↓"), ("fid", "FID↓"),
-                 ("fid_vid", "FID-VID↓"), ("fvd", "FVD↓"))
+TABLE_COLUMNS = (("silhouette_iou", "Sil. IoU↑"), ("l1", "L1↓"), ("psnr", "PSNR↑"), ("ssim", "SSIM↑"),
+                 ("lpips", "LPIPS↓"), ("fid", "FID↓"), ("fid_vid", "FID-VID↓"), ("fvd", "FVD↓"))
+PER_VIDEO_METRICS = ("silhouette_iou", "l1", "psnr", "ssim", "lpips")
+# The baseline every table shows: the reference image (the ground truth's first frame) repeated, scored the same way.
+STATIC = "static"
+STATIC_METRICS = ("silhouette_iou", "l1", "psnr", "ssim")
+BACKGROUND_SUFFIX = ".background.png"
 PER_VIDEO_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -48,6 +53,9 @@ PER_VIDEO_SCHEMA = pa.schema(
         ("psnr", pa.float64()),
         ("ssim", pa.float64()),
         ("lpips", pa.float64()),
+        ("silhouette_iou", pa.float64()),  # null without a known background
+        ("silhouette_iou_frames", pa.list_(pa.float64())),
+        *((f"{STATIC}_{key}", pa.float64()) for key in STATIC_METRICS),
     ]
 )
 FEATURES_COLUMN = "features"  # .npz of the pair's feature arrays; dropped from the written table
@@ -97,6 +105,18 @@ def pair_videos(generated: Path, reference: Path) -> tuple[list[dict[str, str]],
     return pairs, {"generated_only": sorted(set(ours) - set(truth)), "reference_only": sorted(set(truth) - set(ours))}
 
 
+def _background(reference_path: str, size: tuple[int, int]) -> np.ndarray | None:
+    """The clip's static background (`<stem>.background.png` beside the ground truth) at `size`, if there is one."""
+    path = Path(reference_path).with_suffix(BACKGROUND_SUFFIX)
+    if not path.is_file():
+        return None
+    with PIL.Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), PIL.Image.Resampling.BICUBIC)
+        return np.asarray(image)
+
+
 def aligned(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """The ground truth cut to the generated length and resized (bicubic) to the generated size."""
     if len(reference) < len(generated):
@@ -124,14 +144,25 @@ class PairEvaluator:
                   for x in (generated, reference)]
         return float(torch.cat([self.lpips(a, b) for a, b in zip(pixels[0].split(16), pixels[1].split(16))]).mean())
 
+    def _pixel_metrics(self, generated: np.ndarray, reference: np.ndarray, background: np.ndarray | None) -> dict:
+        metrics = {"l1": l1_distance(generated, reference), "psnr": psnr(generated, reference),
+                   "ssim": ssim(generated, reference, self.device)}
+        if background is not None:
+            per_frame = silhouette_iou_per_frame(generated, reference, background)
+            metrics.update(silhouette_iou=float(per_frame.mean()), silhouette_iou_frames=per_frame.tolist())
+        return metrics
+
     def evaluate(self, pair: dict[str, str]) -> dict[str, Any]:
         """The pair's row (`PER_VIDEO_SCHEMA` plus its packed features)."""
         row: dict[str, Any] = {**pair, "status": "ok"}
         try:
             generated, _ = read_video(pair["generated_path"], "generated")
             reference = aligned(generated, read_video(pair["reference_path"], "reference")[0])
-            row.update(frames=len(generated), l1=l1_distance(generated, reference), psnr=psnr(generated, reference),
-                       ssim=ssim(generated, reference, self.device))
+            background = _background(pair["reference_path"], generated.shape[1:3])
+            row.update(frames=len(generated), **self._pixel_metrics(generated, reference, background))
+            static = np.repeat(reference[:1], len(reference), axis=0)
+            baseline = self._pixel_metrics(static, reference, background)
+            row.update({f"{STATIC}_{key}": baseline.get(key) for key in STATIC_METRICS})
             features: dict[str, np.ndarray] = {}
             if self.lpips is not None:
                 row["lpips"] = self._lpips(generated, reference)
@@ -167,13 +198,23 @@ def _fid_or_none(generated: list[np.ndarray], reference: list[np.ndarray]) -> fl
     return feature_frechet_distance(np.stack(generated), np.stack(reference))
 
 
+def _means(rows: list[dict[str, Any]], keys: tuple[str, ...], prefix: str = "") -> dict[str, float | None]:
+    result: dict[str, float | None] = {}
+    for key in keys:
+        values = [row[prefix + key] for row in rows if row[prefix + key] is not None]
+        result[key] = float(np.mean(values)) if values else None
+    return result
+
+
+def aggregate_static(table: pa.Table) -> dict[str, float | None]:
+    """The static baseline's per-video metrics, averaged over the "ok" pairs."""
+    return _means([row for row in table.to_pylist() if row["status"] == "ok"], STATIC_METRICS, f"{STATIC}_")
+
+
 def aggregate(table: pa.Table) -> dict[str, float | None]:
     """The table's metrics over its "ok" pairs: means of the per-video ones, Frechet distances of the features."""
     rows = [row for row in table.to_pylist() if row["status"] == "ok"]
-    result: dict[str, float | None] = {}
-    for key in ("l1", "psnr", "ssim", "lpips"):
-        values = [row[key] for row in rows if row[key] is not None]
-        result[key] = float(np.mean(values)) if values else None
+    result = _means(rows, PER_VIDEO_METRICS)
     features = [unpack_state(row[FEATURES_COLUMN]) for row in rows]
     frames = [f for f in features if "inception_generated" in f]
     result["fid"] = _fid_or_none([x for f in frames for x in f["inception_generated"]],
@@ -195,12 +236,17 @@ def _cell(key: str, value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def markdown_table(name: str, metrics: dict[str, float | None]) -> str:
-    """The aggregate in the papers' layout; "—" where a metric was not computed."""
+def markdown_table(methods: dict[str, dict[str, float | None]]) -> str:
+    """The aggregates in the papers' layout, a row per method; "—" where a metric was not computed."""
     header = "| Method | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
-    row = f"| {name} | " + " | ".join(_cell(key, metrics.get(key)) for key, _ in TABLE_COLUMNS) + " |"
-    return f"{header}\n{rule}\n{row}\n"
+    rows = [f"| {name} | " + " | ".join(_cell(key, metrics.get(key)) for key, _ in TABLE_COLUMNS) + " |"
+            for name, metrics in methods.items()]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def _finite(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    return {key: (None if value is None or math.isinf(value) else value) for key, value in metrics.items()}
 
 
 def write_report(config: EvaluateJobConfig, table: pa.Table, unpaired: dict[str, list[str]]) -> dict[str, Any]:
@@ -210,16 +256,19 @@ def write_report(config: EvaluateJobConfig, table: pa.Table, unpaired: dict[str,
     metrics = aggregate(table)
     per_video = table.select(PER_VIDEO_SCHEMA.names)
     pq.write_table(per_video, output / "per_video.parquet")
-    pyarrow.csv.write_csv(per_video, output / "per_video.csv")
-    (output / "metrics.md").write_text(markdown_table(config.name, metrics))
+    pyarrow.csv.write_csv(per_video.drop_columns(["silhouette_iou_frames"]), output / "per_video.csv")  # no lists
+    static = aggregate_static(table)
+    table_rows = {config.name: metrics, f"{STATIC} (reference repeated)": static}
+    (output / "metrics.md").write_text(markdown_table(table_rows))
     statuses = per_video.column("status").to_pylist()
     summary = {
         "pairs": len(statuses),
         "evaluated": statuses.count("ok"),
         "failed": statuses.count("failed"),
         **unpaired,
-        "metrics": {key: (None if value is None or math.isinf(value) else value) for key, value in metrics.items()},
+        "metrics": _finite(metrics),
         "infinite": sorted(key for key, value in metrics.items() if value is not None and math.isinf(value)),
+        "static_metrics": _finite(static),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -10,6 +10,9 @@ Pixel metrics, computed here on uint8 RGB frames `[T, H, W, 3]` of a generated a
   rounded); 11x11 Gaussian window with sigma 1.5 normalised to sum 1; K1 = 0.01, K2 = 0.03, L = 255; population
   (co)variances; only windows that lie inside the frame ("valid"; frames need H, W >= 11); no downsampling. The
   mean of the SSIM map of each frame, averaged over frames.
+- Silhouette IoU (motion following): where the clip's static background is known (`<stem>.background.png` beside
+  the ground truth, as the synthetic people have it), foreground = pixels whose largest channel difference from it
+  exceeds 24 levels, in the generated and in the true frame; per frame their IoU, averaged over frames.
 
 Feature metrics, only when the config points at local weights (nothing is downloaded):
 
@@ -41,6 +44,7 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 PIXEL_MAX = 255.0
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+SILHOUETTE_THRESHOLD = 24
 
 
 # Pixel metrics
@@ -137,3 +141,24 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def feature_frechet_distance(generated: np.ndarray, reference: np.ndarray) -> float:
     """Frechet distance between Gaussian fits of two feature sets `[N, D]`."""
     return frechet_distance(*gaussian_fit(generated), *gaussian_fit(reference))
+
+
+# Motion following
+
+
+def silhouettes(frames: np.ndarray, background: np.ndarray, threshold: int = SILHOUETTE_THRESHOLD) -> np.ndarray:
+    """Foreground masks bool `[T, H, W]`: pixels whose largest channel difference from the clip's known static
+    background `[H, W, 3]` exceeds `threshold` (8-bit levels; video coding noise stays well below it)."""
+    if background.shape != frames.shape[1:]:
+        raise ValueError(f"background: shape {list(background.shape)} differs from the frames' "
+                         f"{list(frames.shape[1:])}")
+    return np.abs(frames.astype(np.int16) - background.astype(np.int16)).max(axis=-1) > threshold
+
+
+def silhouette_iou_per_frame(generated: np.ndarray, reference: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per frame, the intersection over union of the generated and ground-truth foregrounds (1 where both are
+    empty): how well the generated person follows the true silhouette, whatever their colours."""
+    ours, truth = silhouettes(generated, background), silhouettes(reference, background)
+    union = (ours | truth).sum(axis=(1, 2))
+    inter = (ours & truth).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

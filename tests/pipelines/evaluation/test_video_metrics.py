@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import PIL.Image
 import pyarrow.parquet as pq
 import pytest
 import scipy.linalg
@@ -15,7 +16,14 @@ from safetensors.torch import save_file
 
 from pipelines.evaluation.feature_networks import FeatureNetwork, FeatureNetworkConfig, Lpips, LpipsConfig
 from pipelines.evaluation.job import EvaluateJobConfig
-from pipelines.evaluation.metrics import frechet_distance, gaussian_window, l1_distance, psnr, ssim
+from pipelines.evaluation.metrics import (
+    frechet_distance,
+    gaussian_window,
+    l1_distance,
+    psnr,
+    silhouette_iou_per_frame,
+    ssim,
+)
 from pipelines.io.video import write_video
 from ray_jobs.cli import main
 
@@ -130,6 +138,17 @@ def test_feature_network_conventions(tmp_path) -> None:
     assert video.shape == (24,) and -1 <= video[:12].min() and video[:12].max() <= 1
 
 
+def test_silhouette_iou_per_frame_by_hand() -> None:
+    background = np.zeros((1, 4, 4, 3), np.uint8)[0]
+    truth, ours = np.zeros((3, 4, 4, 3), np.uint8), np.zeros((3, 4, 4, 3), np.uint8)
+    truth[0, :2, :2], ours[0, :2, :1] = 255, 255  # 2 of 4 shared
+    truth[1, 0, 0], ours[1, 3, 3] = 255, 255  # disjoint
+    ours[2, 1, 1] = 20  # below the threshold: both empty
+    assert np.allclose(silhouette_iou_per_frame(ours, truth, background), [0.5, 0.0, 1.0])
+    with pytest.raises(ValueError, match="background"):
+        silhouette_iou_per_frame(ours, truth, np.zeros((2, 2, 3), np.uint8))
+
+
 def test_evaluate_job(ray_local, tmp_path) -> None:
     rng = np.random.default_rng(4)
     generated, reference = tmp_path / "generated", tmp_path / "reference"
@@ -141,6 +160,14 @@ def test_evaluate_job(ray_local, tmp_path) -> None:
     write_video(generated / "noisy.mp4", noisy, 8)
     write_video(generated / "short.mp4", truth["short"], 8)
     write_video(generated / "extra.mp4", truth["same"], 8)
+    # A white square crossing a known grey background: silhouette IoU 1 for the same video, low for the static one.
+    background = np.full((32, 32, 3), 90, np.uint8)
+    moving = np.repeat(background[None], 9, axis=0)
+    for frame in range(9):
+        moving[frame, 10:20, 2 * frame : 2 * frame + 10] = 255
+    write_video(reference / "moving.mp4", moving, 8)
+    write_video(generated / "moving.mp4", moving, 8)
+    PIL.Image.fromarray(background).save(reference / "moving.background.png")
     torch.jit.script(ColourStats()).save(str(tmp_path / "stats.pt"))
     config = EvaluateJobConfig(generated=generated, reference=reference, output_dir=tmp_path / "out", name="test",
                                lpips=lpips_weights(tmp_path), inception={"path": tmp_path / "stats.pt"},
@@ -150,16 +177,22 @@ def test_evaluate_job(ray_local, tmp_path) -> None:
 
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["pairs"], summary["evaluated"], summary["failed"]) == (3, 2, 1)
+    assert (summary["pairs"], summary["evaluated"], summary["failed"]) == (4, 3, 1)
     assert summary["generated_only"] == ["extra"] and summary["reference_only"] == []
     rows = {row["id"]: row for row in pq.read_table(out / "per_video.parquet").to_pylist()}
     assert rows["same"]["psnr"] == math.inf and rows["same"]["ssim"] == pytest.approx(1) and rows["same"]["l1"] == 0
     assert rows["same"]["lpips"] == pytest.approx(0, abs=1e-6) and rows["noisy"]["lpips"] > 0
     assert 0 < rows["noisy"]["ssim"] < 1 and 10 < rows["noisy"]["psnr"] < 40 and rows["noisy"]["frames"] == 9
     assert rows["short"]["status"] == "failed" and "fewer than the 9 generated" in rows["short"]["error"]
+    assert rows["moving"]["silhouette_iou"] == 1 and rows["moving"]["silhouette_iou_frames"] == [1.0] * 9
+    assert rows["moving"]["static_silhouette_iou"] < 0.5 and rows["same"]["silhouette_iou"] is None
+    assert rows["same"]["static_psnr"] < rows["same"]["psnr"]
     assert (out / "per_video.csv").read_text().startswith('"id","generated_path"')
     table = (out / "metrics.md").read_text().splitlines()
-    assert table[0] == "| Method | L1↓ | PSNR↑ | SSIM↑ | LPIPS↓ | FID↓ | FID-VID↓ | FVD↓ |"
+    assert table[0] == "| Method | Sil. IoU↑ | L1↓ | PSNR↑ | SSIM↑ | LPIPS↓ | FID↓ | FID-VID↓ | FVD↓ |"
     cells = [cell.strip() for cell in table[2].split("|")[1:-1]]
-    assert cells[0] == "test" and cells[2] == "inf" and cells[-1] == "—" and all(c != "—" for c in cells[1:-1])
+    assert cells[0] == "test" and cells[3] == "inf" and cells[-1] == "—" and all(c != "—" for c in cells[1:-1])
+    static = [cell.strip() for cell in table[3].split("|")[1:-1]]
+    assert static[0].startswith("static") and float(static[1]) < 0.5 and static[-1] == "—"
+    assert summary["static_metrics"]["silhouette_iou"] < 0.5
     assert summary["metrics"]["fid"] > 0 and summary["metrics"]["fvd"] is None and summary["infinite"] == ["psnr"]
