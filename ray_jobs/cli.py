@@ -193,6 +193,28 @@ def cmd_synth(args: argparse.Namespace) -> None:
                                resources)))
 
 
+def cmd_backbone_init(args: argparse.Namespace) -> None:
+    """Write a backbone config's seeded random model (its `tiny:` sizes) as a diffusers folder, e.g. to train a toy."""
+    from models.backbones import build_adapter, load_backbone_config
+
+    config = load_backbone_config(args.config)
+    if config.tiny is None:
+        raise SystemExit(f"{args.config}: backbone init builds models from `tiny:` sizes; this config loads `path:`")
+    build_adapter(config).save_pretrained(args.out)
+    print(json.dumps({"out": str(args.out)}))
+
+
+def cmd_vae_train(args: argparse.Namespace) -> None:
+    """Train (or resume) a backbone's video VAE on a folder of videos; exports `vae/` in the run folder."""
+    from pipelines.io.config import load_config, write_resolved_config
+    from pipelines.training.vae import VaeTrainConfig, train_vae
+
+    overrides = {"output_dir": args.out} if args.out else {}
+    config = load_config(VaeTrainConfig, args.config, overrides)
+    write_resolved_config(config, config.output_dir)
+    print(json.dumps(train_vae(config)))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the HTTP API from a Serve config file on a local Ray (or RAY_ADDRESS); blocks until Ctrl-C."""
     from serve.app import run_config_file
@@ -245,6 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--width", type=int, default=144)
     synth.add_argument("--workers", type=int, default=1, help="actors writing clips (one CPU each)")
     synth.set_defaults(func=cmd_synth)
+
+    backbone = commands.add_parser("backbone", help="backbone folders")
+    backbone_commands = backbone.add_subparsers(dest="backbone_command", required=True)
+    backbone_init = backbone_commands.add_parser("init", help=cmd_backbone_init.__doc__)
+    backbone_init.add_argument("--config", type=Path, required=True, help="a backbone config with `tiny:` sizes")
+    backbone_init.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
+    backbone_init.set_defaults(func=cmd_backbone_init)
+
+    vae = commands.add_parser("vae", help="the video VAE")
+    vae_commands = vae.add_subparsers(dest="vae_command", required=True)
+    vae_train = vae_commands.add_parser("train", help=cmd_vae_train.__doc__)
+    vae_train.add_argument("--config", type=Path, required=True, help="VAE training config (configs/train/*vae*.yaml)")
+    vae_train.add_argument("--out", type=Path, help="override output_dir (the run folder)")
+    vae_train.set_defaults(func=cmd_vae_train)
 
     train = commands.add_parser("train", help=cmd_train.__doc__)
     train.add_argument("--config", type=Path, required=True, help="train config (configs/train/)")
