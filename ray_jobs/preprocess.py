@@ -28,7 +28,7 @@ from pipelines.io.training_rows import SUMMARY_NAME, RowStore
 from pipelines.preprocess.config import VideoJobConfig
 from pipelines.preprocess.motion_folder import MotionNoiseJobConfig, MotionNoiseWorker, list_motion_files, rows_to_table
 from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
-from ray_jobs.common import actor_stage, init_ray, task_stage
+from ray_jobs.common import actor_stage, init_ray, run_job, task_stage
 
 log = logging.getLogger("humanim.preprocess")
 MAX_INPUT_BLOCKS = 1024
@@ -45,11 +45,11 @@ def video_stages(config: VideoJobConfig, written: frozenset[str]) -> list[tuple[
     res = config.resources
     return [
         ("probe", partial(task_stage, stage=ProbeStage, resources=res.probe, args=(config, written))),
-        ("pose", partial(actor_stage, stage=PoseStage, resources=res.pose, args=(config,))),
-        ("decode", partial(actor_stage, stage=DecodeStage, resources=res.decode, args=(config,))),
-        ("render", partial(actor_stage, stage=RenderStage, resources=res.render, args=(config, res.render.device))),
-        ("encode", partial(actor_stage, stage=EncodeStage, resources=res.encode, args=(config, res.encode.device))),
-        ("write", partial(actor_stage, stage=WriteStage, resources=res.write, args=(config,))),
+        ("pose", partial(actor_stage, name="pose", stage=PoseStage, resources=res.pose, args=(config,))),
+        ("decode", partial(actor_stage, name="decode", stage=DecodeStage, resources=res.decode, args=(config,))),
+        ("render", partial(actor_stage, name="render", stage=RenderStage, resources=res.render, args=(config, res.render.device))),
+        ("encode", partial(actor_stage, name="encode", stage=EncodeStage, resources=res.encode, args=(config, res.encode.device))),
+        ("write", partial(actor_stage, name="write", stage=WriteStage, resources=res.write, args=(config,))),
     ]
 
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {key: value for key, value in ((input_key, args.input_dir), ("output_dir", args.output_dir)) if value}
     config = load_config(VideoJobConfig if is_video_job else MotionNoiseJobConfig, args.config, overrides)
     init_ray()
-    print(json.dumps(run_videos(config) if is_video_job else run(config)))
+    print(json.dumps(run_job("preprocess", lambda: run_videos(config) if is_video_job else run(config))))
 
 
 def _is_video_config(path: Path) -> bool:

@@ -63,6 +63,12 @@ class StageResources(BaseModel):
     runtime_env: dict[str, Any] | None = Field(
         None, description="Ray runtime_env of the actors, e.g. {pip: [...]} for an extra that needs its own packages"
     )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="times an actor whose process died is restarted (a lost node, a crash); finite, so a stage whose "
+        "actors can never start (a broken runtime_env) fails the job instead of restarting forever",
+    )
 
     @property
     def device(self) -> str:
