@@ -86,21 +86,33 @@ def task_stage(data: ray.data.Dataset, stage: type, resources: TaskResources, ar
 _ACTOR_NAME = re.compile(r"MapBatches\(([\w-]+)\)")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*", re.MULTILINE)
 _CANNOT_START = ("creation task", "failed to import", "runtime env", "runtime_env")
+_TRAIN_START_ERRORS = ("WorkerGroupStartupFailedError", "WorkerGroupStartupTimeoutError")
 Result = TypeVar("Result")
 
 
 def stage_failure(error: BaseException) -> tuple[str, str] | None:
-    """(stage name, cause) when `error` says a named stage's actors died or could not start, else None. The cause
-    is the last exception line of the error's text (the import or constructor error raised in the actor)."""
-    if not isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.RuntimeEnvSetupError)):
-        return None
+    """(stage name, cause) when `error` says a named stage's actors (Ray Data) or the training workers (Ray Train,
+    stage "train") died or could not start, else None. The cause is the last exception line of the error's text
+    (the import or constructor error raised in the actor)."""
     text = str(error)
-    stage = _ACTOR_NAME.search(text)
-    if stage is None:
+    if _is_train_start_failure(error):
+        stage = "train"
+    elif isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.RuntimeEnvSetupError)):
+        named = _ACTOR_NAME.search(text)
+        if named is None:
+            return None
+        stage = named.group(1)
+    else:
         return None
     causes = [line.strip() for line in _EXCEPTION_LINE.findall(text)]
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return stage.group(1), causes[-1] if causes else first
+    return stage, causes[-1] if causes else first
+
+
+def _is_train_start_failure(error: BaseException) -> bool:
+    """Ray Train's ControllerError around a worker group that failed to start (or to be placed in time)."""
+    failure = getattr(error, "controller_failure", None)
+    return type(failure).__name__ in _TRAIN_START_ERRORS
 
 
 def run_job(job: str, run: Callable[[], Result]) -> Result:
@@ -108,11 +120,12 @@ def run_job(job: str, run: Callable[[], Result]) -> Result:
     `humanim <job>: stage '<name>' cannot start: <cause>` (or `... actors died: <cause>` once running)."""
     try:
         return run()
-    except (ray.exceptions.RayActorError, ray.exceptions.RuntimeEnvSetupError) as error:
+    except Exception as error:
         failure = stage_failure(error)
         if failure is None:
             raise
-        _exit_stage_failed(job, *failure, cannot_start=any(word in str(error) for word in _CANNOT_START))
+        cannot_start = _is_train_start_failure(error) or any(word in str(error) for word in _CANNOT_START)
+        _exit_stage_failed(job, *failure, cannot_start=cannot_start)
 
 
 def _exit_stage_failed(job: str, stage: str, cause: str, cannot_start: bool) -> NoReturn:

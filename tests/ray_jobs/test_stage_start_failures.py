@@ -15,8 +15,10 @@ import ray.exceptions
 import yaml
 
 from pipelines.io.config import load_config
+from pipelines.io.manifest import list_videos
 from pipelines.io.video import write_video
 from pipelines.preprocess.config import VideoJobConfig
+from pipelines.training.config import TrainJobConfig
 from ray_jobs import preprocess
 from ray_jobs.common import stage_failure
 from tests.helpers import ROOT, VIDEOS_TINY
@@ -38,9 +40,11 @@ def test_a_missing_pose_backend_stops_the_job_at_the_pose_stage(ray_local, one_v
         pytest.skip("mediapipe is installed here; the test needs an environment without it")
     overrides = {"videos": one_video, "output_dir": str(tmp_path / "out"), "pose": {"keypoint_backend": "mediapipe"}}
     config = load_config(VideoJobConfig, VIDEOS_TINY, overrides)
+    stages = dict(preprocess.video_stages(config, frozenset()))  # the job's own probe and pose stages, no others
+    items = [item.as_dict() for item in list_videos(config.videos)]
     started = time.monotonic()
     with pytest.raises(ray.exceptions.RayActorError) as caught:
-        preprocess.run_videos(config)
+        stages["pose"](stages["probe"](preprocess.video_items(items))).take_all()
     assert time.monotonic() - started < 60
     stage, cause = stage_failure(caught.value)
     assert stage == "pose"
@@ -70,3 +74,15 @@ def test_a_broken_runtime_env_ends_the_job_with_one_line(one_video, tmp_path) ->
         "humanim preprocess: stage 'decode' cannot start: ImportError: numpy.core.multiarray failed to import (test)"
     ), done.stderr[-3000:]
     assert elapsed < 120
+
+
+def test_train_workers_that_cannot_start_are_named_and_not_retried_forever() -> None:
+    from ray.train import ControllerError, FailureConfig
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError
+
+    start = WorkerGroupStartupFailedError("Failed to start the worker group.\nTraceback ...\nImportError: no deepspeed")
+    assert stage_failure(ControllerError(start)) == ("train", "ImportError: no deepspeed")
+    assert stage_failure(ValueError("MapBatches(pose)")) is None  # only Ray's actor and start errors
+    config = load_config(TrainJobConfig, ROOT / "configs" / "train" / "tiny-cpu.yaml", {"output_dir": "unused"})
+    assert config.resources.max_start_failures == 2  # Ray Train's own default (-1) retries such a start forever
+    assert FailureConfig(controller_failure_limit=config.resources.max_start_failures).controller_failure_limit == 2
