@@ -21,7 +21,7 @@ from pipelines.preprocess.config import VideoJobConfig
 from pipelines.training.config import TrainJobConfig
 from ray_jobs import preprocess
 from ray_jobs.common import stage_failure
-from tests.helpers import ROOT, VIDEOS_TINY
+from helpers import ROOT, VIDEOS_TINY
 
 pytestmark = pytest.mark.ray
 
