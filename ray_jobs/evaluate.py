@@ -33,7 +33,8 @@ def run(config: EvaluateJobConfig) -> dict[str, Any]:
     batches = []
     if pairs:
         data = ray.data.from_items(pairs, override_num_blocks=len(pairs))
-        data = actor_stage(data, PairEvaluator, resources, (config, resources.device), "evaluate")  # feature networks load once per actor
+        # feature networks load once per actor
+        data = actor_stage(data, PairEvaluator, resources, (config, resources.device), "evaluate")
         batches = list(data.iter_batches(batch_size=None, batch_format="pyarrow"))
     table = pa.concat_tables([per_video_table([], with_features=True), *batches])
     if len(table) != len(pairs):

