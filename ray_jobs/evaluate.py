@@ -19,7 +19,7 @@ import ray.data
 
 from pipelines.evaluation.job import EvaluateJobConfig, PairEvaluator, pair_videos, per_video_table, write_report
 from pipelines.io.config import load_config, write_resolved_config
-from ray_jobs.common import actor_stage, init_ray
+from ray_jobs.common import actor_stage, init_ray, run_job
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
 
@@ -33,7 +33,8 @@ def run(config: EvaluateJobConfig) -> dict[str, Any]:
     batches = []
     if pairs:
         data = ray.data.from_items(pairs, override_num_blocks=len(pairs))
-        data = actor_stage(data, PairEvaluator, resources, (config, resources.device))  # feature networks load once per actor
+        # feature networks load once per actor
+        data = actor_stage(data, PairEvaluator, resources, (config, resources.device), "evaluate")
         batches = list(data.iter_batches(batch_size=None, batch_format="pyarrow"))
     table = pa.concat_tables([per_video_table([], with_features=True), *batches])
     if len(table) != len(pairs):
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {key: getattr(args, key) for key in ("generated", "reference", "output_dir") if getattr(args, key)}
     config = load_config(EvaluateJobConfig, args.config, overrides)
     init_ray()
-    print(json.dumps(run(config)))
+    print(json.dumps(run_job("evaluate", lambda: run(config))))
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ import ray
 import ray.data
 import yaml
 
-from pipelines.io.config import load_config, write_resolved_config
+from pipelines.io.config import MAX_ACTOR_RESTARTS, StageResources, load_config, write_resolved_config
 from pipelines.io.manifest import list_videos
 from pipelines.io.training_rows import SUMMARY_NAME, RowStore
 from pipelines.preprocess.config import VideoJobConfig
 from pipelines.preprocess.motion_folder import MotionNoiseJobConfig, MotionNoiseWorker, list_motion_files, rows_to_table
 from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
-from ray_jobs.common import actor_stage, init_ray, task_stage
+from ray_jobs.common import actor_stage, init_ray, run_job, task_stage
 
 log = logging.getLogger("humanim.preprocess")
 MAX_INPUT_BLOCKS = 1024
@@ -45,12 +45,17 @@ def video_stages(config: VideoJobConfig, written: frozenset[str]) -> list[tuple[
     res = config.resources
     return [
         ("probe", partial(task_stage, stage=ProbeStage, resources=res.probe, args=(config, written))),
-        ("pose", partial(actor_stage, stage=PoseStage, resources=res.pose, args=(config,))),
-        ("decode", partial(actor_stage, stage=DecodeStage, resources=res.decode, args=(config,))),
-        ("render", partial(actor_stage, stage=RenderStage, resources=res.render, args=(config, res.render.device))),
-        ("encode", partial(actor_stage, stage=EncodeStage, resources=res.encode, args=(config, res.encode.device))),
-        ("write", partial(actor_stage, stage=WriteStage, resources=res.write, args=(config,))),
+        _on_actors("pose", PoseStage, res.pose, config),
+        _on_actors("decode", DecodeStage, res.decode, config),
+        _on_actors("render", RenderStage, res.render, config, res.render.device),
+        _on_actors("encode", EncodeStage, res.encode, config, res.encode.device),
+        _on_actors("write", WriteStage, res.write, config),
     ]
+
+
+def _on_actors(name: str, stage: type, resources: StageResources, *args: Any) -> tuple[str, Stage]:
+    """A stage on its own actor pool, whose actors Ray names after the stage."""
+    return name, partial(actor_stage, stage=stage, resources=resources, args=args, name=name)
 
 
 def video_items(items: list[dict[str, Any]]) -> ray.data.Dataset:
@@ -92,7 +97,7 @@ def run_videos(config: VideoJobConfig) -> dict[str, Any]:
 # The motion-folder job
 
 
-class _NoiseActor:
+class NoiseStage:
     """Ray Data actor: one body model per actor, one row per motion file."""
 
     def __init__(self, config: MotionNoiseJobConfig) -> None:
@@ -115,12 +120,13 @@ def run(config: MotionNoiseJobConfig) -> dict[str, int]:
         rows = (
             ray.data.from_items([{"path": path} for path in paths])
             .map_batches(
-                _NoiseActor,
+                NoiseStage,
                 fn_constructor_args=(config,),
                 batch_size=1,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=min(config.num_workers, len(paths))),
                 num_cpus=config.cpus_per_worker,
+                max_restarts=MAX_ACTOR_RESTARTS,  # Ray Data's default restarts actors that cannot start forever
             )
             .materialize()
         )
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {key: value for key, value in ((input_key, args.input_dir), ("output_dir", args.output_dir)) if value}
     config = load_config(VideoJobConfig if is_video_job else MotionNoiseJobConfig, args.config, overrides)
     init_ray()
-    print(json.dumps(run_videos(config) if is_video_job else run(config)))
+    print(json.dumps(run_job("preprocess", lambda: run_videos(config) if is_video_job else run(config))))
 
 
 def _is_video_config(path: Path) -> bool:

@@ -24,7 +24,7 @@ from pipelines.generation.render_manifest import RenderJobConfig, read_render_ma
 from pipelines.generation.render_stages import EncodeStage, GenerateStage, PrepareStage, input_items
 from pipelines.generation.render_store import SUMMARY_NAME, RenderStore
 from pipelines.io.config import load_config, write_resolved_config
-from ray_jobs.common import actor_stage, init_ray
+from ray_jobs.common import actor_stage, init_ray, run_job
 
 log = logging.getLogger("humanim.render")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "render" / "demo.yaml"
@@ -34,9 +34,9 @@ def render_pipeline(config: RenderJobConfig, rows: list[dict[str, Any]]) -> ray.
     """The streaming dataset of metadata rows (one per manifest row) for `rows`."""
     resources = config.resources
     data = ray.data.from_arrow(input_items(rows))  # one block per row, so prepare spreads over the cluster
-    data = actor_stage(data, PrepareStage, resources.prepare, (config,))
-    data = actor_stage(data, GenerateStage, resources.generate, (config, resources.generate.device))
-    return actor_stage(data, EncodeStage, resources.encode, (config,))
+    data = actor_stage(data, PrepareStage, resources.prepare, (config,), "prepare")
+    data = actor_stage(data, GenerateStage, resources.generate, (config, resources.generate.device), "generate")
+    return actor_stage(data, EncodeStage, resources.encode, (config,), "encode")
 
 
 def run(config: RenderJobConfig) -> dict[str, int]:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         frames = config.defaults.num_frames or backbone.num_frames or backbone.spec.default_num_frames
         write_demo_manifest(config.manifest, config.resolution(), frames)
     init_ray()
-    print(json.dumps(run(config)))
+    print(json.dumps(run_job("render", lambda: run(config))))
 
 
 if __name__ == "__main__":

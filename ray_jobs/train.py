@@ -53,7 +53,7 @@ from pipelines.training.engine import (
 from pipelines.training.metrics import MetricSinks
 from pipelines.training.schedule import RowPlan, step_rows, steps_per_epoch
 from pipelines.training.validation import VALIDATION_DIR, validate
-from ray_jobs.common import init_ray
+from ray_jobs.common import init_ray, run_job
 
 log = logging.getLogger("humanim.train")
 FAILURE_MARKER = ".failure_injected"
@@ -204,7 +204,9 @@ def run(config: TrainJobConfig) -> dict[str, Any]:
         run_config=ray.train.RunConfig(
             name=config.run_name,
             storage_path=str(config.output_dir),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=config.max_failures, controller_failure_limit=resources.max_start_failures
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
     )
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("output_dir", args.output_dir), ("run_name", args.run_name)) if value}
     config = load_config(TrainJobConfig, args.config, overrides)
-    print(json.dumps(run(config), default=str))
+    print(json.dumps(run_job("train", lambda: run(config)), default=str))
 
 
 if __name__ == "__main__":

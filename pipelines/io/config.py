@@ -50,6 +50,9 @@ def write_resolved_config(config: BaseModel, output_dir: Path) -> Path:
     return path
 
 
+MAX_ACTOR_RESTARTS = 2  # an actor pool's default: finite, so actors that can never start fail the job
+
+
 class StageResources(BaseModel):
     """One job stage's actor pool."""
 
@@ -62,6 +65,12 @@ class StageResources(BaseModel):
     batch_size: int = Field(1, ge=1, description="items per call")
     runtime_env: dict[str, Any] | None = Field(
         None, description="Ray runtime_env of the actors, e.g. {pip: [...]} for an extra that needs its own packages"
+    )
+    max_restarts: int = Field(
+        MAX_ACTOR_RESTARTS,
+        ge=0,
+        description="times an actor whose process died is restarted (a lost node, a crash); finite, so a stage whose "
+        "actors can never start (a broken runtime_env) fails the job instead of restarting forever",
     )
 
     @property

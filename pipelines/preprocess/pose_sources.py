@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion
@@ -28,8 +28,9 @@ from pipelines.preprocess.clips import decode_frames
 from pipelines.preprocess.keypoint_estimators import (
     COCO17_JOINTS,
     DWPOSE_MODEL_NAME,
-    MediaPipeEstimator,
+    MEDIAPIPE_LANDMARK_MODELS,
     dwpose_estimator,
+    mediapipe_estimator,
 )
 from pipelines.preprocess.pose_files import (
     PoseSourceError,
@@ -56,8 +57,33 @@ class PoseOptions(BaseModel):
         "dwpose", description="keypoint estimator for clips without sidecars (pipelines/preprocess/keypoint_estimators.py)"
     )
     dwpose_model: Path | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for the dwpose estimator")
+    model_complexity: Literal[0, 1, 2] = Field(
+        1,
+        description="MediaPipe's BlazePose landmark model: 1 (full) ships in the wheel; 0 (lite) and 2 (heavy) need "
+        "mediapipe_model",
+    )
+    mediapipe_model: Path | None = Field(
+        None,
+        description=f"local {MEDIAPIPE_LANDMARK_MODELS[0]} or {MEDIAPIPE_LANDMARK_MODELS[2]} for model_complexity 0 "
+        "or 2 (never downloaded)",
+    )
     person_id: int | None = Field(None, description="EasyMocap person id; None: the first person of the first frame")
     easymocap_camera: str | None = Field(None, description="camera name in intri.yml/extri.yml; None: the first")
+
+    @model_validator(mode="after")
+    def _mediapipe_model_matches(self) -> PoseOptions:
+        needs_file = self.model_complexity != 1
+        if needs_file and self.keypoint_backend == "mediapipe" and self.mediapipe_model is None:
+            name = MEDIAPIPE_LANDMARK_MODELS[self.model_complexity]
+            raise ValueError(
+                f"model_complexity {self.model_complexity} needs mediapipe_model: a local {name} (not in the mediapipe "
+                "wheel, and never downloaded); model_complexity 1 uses the wheel's own model"
+            )
+        if not needs_file and self.mediapipe_model is not None:
+            raise ValueError(
+                "mediapipe_model is for model_complexity 0 or 2; model_complexity 1 uses the wheel's own model"
+            )
+        return self
 
 
 class KeypointEstimator(Protocol):
@@ -118,15 +144,24 @@ def _estimate(estimator: KeypointEstimator, video: str | Path, indices: np.ndarr
     return points
 
 
-def _configured_estimator(opts: PoseOptions, video: str | Path) -> KeypointEstimator:
+def keypoint_estimator(opts: PoseOptions) -> KeypointEstimator | None:
+    """The estimator the options configure (one per process), or None: the dwpose backend without a model file.
+
+    Building it imports the backend and checks its model files, so a stage can build it once at start and fail there.
+    """
     if opts.keypoint_backend == "mediapipe":
-        return MediaPipeEstimator()
-    if opts.dwpose_model is None:
+        return mediapipe_estimator(opts.model_complexity, opts.mediapipe_model)
+    return None if opts.dwpose_model is None else dwpose_estimator(opts.dwpose_model)
+
+
+def _configured_estimator(opts: PoseOptions, video: str | Path) -> KeypointEstimator:
+    estimator = keypoint_estimator(opts)
+    if estimator is None:
         raise PoseSourceError(
             f"no pose source for {video}: no motion sidecar, no keypoints sidecar, and no keypoint estimator "
             f"(set the pose option dwpose_model to DWPose's {DWPOSE_MODEL_NAME}, or keypoint_backend: mediapipe)"
         )
-    return dwpose_estimator(opts.dwpose_model)
+    return estimator
 
 
 def _fit(

@@ -53,7 +53,7 @@ from pipelines.preprocess.clips import (
     sample_clips,
 )
 from pipelines.preprocess.config import CaptionConfig, VideoJobConfig
-from pipelines.preprocess.pose_sources import clip_motion
+from pipelines.preprocess.pose_sources import clip_motion, keypoint_estimator
 
 STREAM_SCHEMA = pa.schema(
     [
@@ -196,6 +196,7 @@ class PoseStage(ClipStage):
     def __init__(self, config: VideoJobConfig) -> None:
         super().__init__(config)
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
+        self.estimator = keypoint_estimator(config.pose)  # built once: a missing backend stops the stage at start
 
     def process(self, clip: Clip) -> None:
         state = clip.state
@@ -208,6 +209,7 @@ class PoseStage(ClipStage):
             motion=_text(state, "motion"),
             keypoints=_text(state, "keypoints"),
             body=self.body,
+            estimator=self.estimator,
             **self.config.pose.model_dump(),
         )
         _put_motion(state, motion)

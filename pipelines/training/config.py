@@ -107,6 +107,13 @@ class WorkerResources(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int = Field(1, ge=1, description="intra-op threads per CPU worker")
+    max_start_failures: int = Field(
+        2,
+        ge=-1,
+        description="failed worker-group starts tolerated before the job fails (a broken environment, workers not "
+        "placed within Ray Train's start timeout); -1: no limit (Ray Train's default, which retries a worker group "
+        "that can never start forever), e.g. while an autoscaler adds GPU nodes",
+    )
 
 
 class FailureInjection(_Strict):

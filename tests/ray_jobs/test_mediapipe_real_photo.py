@@ -1,0 +1,56 @@
+"""MediaPipe BlazePose on a real photo, in the Ray runtime_env the README documents (pip from PyPI: slow)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray.cloudpickle
+import ray.data
+
+from helpers import VIDEOS_TINY
+from pipelines.io.config import StageResources, load_config
+from pipelines.io.video import write_video
+from pipelines.preprocess.clips import decode_frames
+from pipelines.preprocess.config import VideoJobConfig
+from pipelines.preprocess.keypoint_estimators import MEDIAPIPE_RUNTIME_ENV
+from pipelines.preprocess.stages import PoseStage
+from ray_jobs.common import actor_stage
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# skimage's astronaut.png (512x512), its top-left 480x480: where BlazePose's full model (model_complexity 1) puts
+# the nose and the left and right shoulders (COCO-17 indices 0, 5, 6), in pixels
+EXPECTED = {0: (222, 127), 5: (306, 256), 6: (112, 239)}
+TOLERANCE_PX = 25
+
+
+class EstimateStage:
+    """The pose stage's own keypoint estimator (a PoseStage built in the actor) on each video of the batch."""
+
+    def __init__(self, config: VideoJobConfig) -> None:
+        self.estimator = PoseStage(config).estimator
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        videos = batch.column("video").to_pylist()
+        return pa.table({"keypoints": [self.estimator(decode_frames(path, np.arange(5))).tolist() for path in videos]})
+
+
+def test_blazepose_finds_the_astronaut_in_its_runtime_env(ray_local, tmp_path) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = np.ascontiguousarray(skimage_data.astronaut()[:480, :480])
+    video = tmp_path / "astronaut.mp4"
+    write_video(video, np.repeat(photo[None], 5, axis=0), 12.0)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    config = load_config(VideoJobConfig, VIDEOS_TINY, {"videos": tmp_path, "pose": {"keypoint_backend": "mediapipe"}})
+    resources = StageResources(num_cpus=0.5, runtime_env=MEDIAPIPE_RUNTIME_ENV)
+    data = ray.data.from_items([{"video": str(video)}])
+    rows = actor_stage(data, EstimateStage, resources, (config,), "pose").take_all()
+    keypoints = np.asarray(rows[0]["keypoints"])
+    assert keypoints.shape == (5, 17, 3)
+    for joint, expected in EXPECTED.items():
+        distance = np.linalg.norm(keypoints[:, joint, :2] - np.array(expected), axis=-1)
+        assert np.all(distance < TOLERANCE_PX), (joint, keypoints[:, joint].tolist())
+        assert np.all(keypoints[:, joint, 2] > 0.5)
