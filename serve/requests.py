@@ -2,7 +2,8 @@
 
 Every refusal is a `RequestError` whose message starts with the field's name. Nothing is unpickled: motions
 go through `motion_from_npz_bytes`/`motion_from_json_text`, images through PIL with the pixel count checked
-from the header before any pixel is decoded, pose videos through PyAV one frame at a time.
+from the header before any pixel is decoded, pose videos through PyAV one frame at a time, from memory, as one of
+the containers `pipelines.io.video.open_video` accepts (never a playlist, concat list or URL).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 import PIL.Image
 
 from models.backbones import VariantSpec, load_backbone_config
-from models.motion import Motion
+from models.motion import Motion, MotionError
 from pipelines.generation.frames import image_pixels, pose_video_pixels
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
+from pipelines.io.video import open_video
 from serve.config import BackboneEntry, Limits, ServeConfig, project_path
 from serve.jobs import Deployment, GenerationParams
 
@@ -131,13 +133,16 @@ def decode_motion(npz: bytes | None, json_text: str | None, limits: Limits) -> M
     """The motion from an .npz upload or a JSON field (not both), or None."""
     if npz is not None and json_text is not None:
         raise RequestError("motion/motion_json: give the motion once, as an .npz file or as JSON")
-    if npz is not None:
-        _check_npz_size(npz, limits.max_motion_bytes)
-        motion = motion_from_npz_bytes(npz)
-    elif json_text is not None:
-        motion = motion_from_json_text(json_text)
-    else:
-        return None
+    try:
+        if npz is not None:
+            _check_npz_size(npz, limits.max_motion_bytes)
+            motion = motion_from_npz_bytes(npz)
+        elif json_text is not None:
+            motion = motion_from_json_text(json_text)
+        else:
+            return None
+    except MotionError as err:
+        raise RequestError(f"{'motion' if npz is not None else 'motion_json'}: {err}") from None
     if motion.num_frames > limits.max_motion_frames:
         raise RequestError(f"motion: {motion.num_frames} frames; at most {limits.max_motion_frames} are accepted")
     return motion
@@ -147,7 +152,7 @@ def decode_pose_video(data: bytes, limits: Limits, size: tuple[int, int]) -> tup
     """A pose video's frames at `size` (at most `limits.max_frames` of them) and its frame rate."""
     frames = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with open_video(io.BytesIO(data), "pose_video", "the upload") as container:
             if not container.streams.video:
                 raise RequestError("pose_video: the file has no video stream")
             stream = container.streams.video[0]
