@@ -1,0 +1,78 @@
+"""The HTTP API in this process (FastAPI's TestClient over a JobService whose dispatch only records the job): what
+a hostile client sends is refused with the field named, before any generation replica sees it."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+from fastapi.testclient import TestClient
+from helpers import hostile_files
+
+from pipelines.demo.motions import make_demo_motion
+from serve.api import build_api
+from serve.auth import ApiKeys
+from serve.config import AuthSettings, ServeConfig
+from serve.jobs import JobRecord, JobStore
+from serve.requests import BackboneInfo
+from serve.service import JobService
+
+MOTION = {key: value.tolist() for key, value in make_demo_motion("walk", 9).to_arrays().items()}
+
+
+def png(size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.zeros((*size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def client(tmp_path):
+    config = ServeConfig.model_validate({
+        "storage_uri": str(tmp_path / "jobs"),
+        "backbones": {"tiny-cogvideox": {"config": "configs/backbones/tiny-cogvideox.yaml", "device": "cpu"}},
+        "auth": {"required": False},
+        "limits": {"max_body_bytes": 1_000_000, "max_text_field_bytes": 100_000, "max_image_pixels": 256 * 256},
+    })
+    backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
+    dispatched: list[JobRecord] = []
+
+    async def dispatch(record: JobRecord) -> None:
+        dispatched.append(record)
+
+    service = JobService(config, JobStore(config.storage_uri), backbones, dispatch, owner="ingress-test")
+    with TestClient(build_api(service, ApiKeys(config.auth), config.limits)) as test_client:
+        yield test_client
+
+
+def post(client: TestClient, data: dict | None = None, files: dict | None = None):
+    files = {"image": ("person.png", png(), "image/png"), **(files or {})}
+    data = {"motion_json": json.dumps(MOTION), **(data or {})}
+    return client.post("/v1/videos", data=data, files=files)
+
+
+def refused(response, status: int, *texts: str) -> None:
+    assert response.status_code == status, response.text
+    for text in texts:
+        assert text in response.json()["detail"], response.text
+
+
+def test_a_good_request_is_accepted(client):
+    assert post(client, {"num_frames": 9}).status_code == 202
+
+
+@pytest.mark.parametrize("name", ["ffconcat", "hls", "file_url"])
+def test_pose_videos_that_name_other_files_are_refused(client, tmp_path, name):
+    upload = hostile_files(tmp_path)[name]
+    refused(post(client, files={"pose_video": ("pose.mp4", upload, "video/mp4")}), 422, "pose_video: ")
+    assert "No such file" not in post(client, files={"pose_video": ("pose.mp4", upload)}).json()["detail"]
+
+
+def test_deeply_nested_or_float32_overflowing_motion_json_is_refused(client):
+    refused(post(client, {"motion_json": "[" * 1000 + "]" * 1000}), 422, "motion_json: ", "nests 1000 levels")
+    refused(post(client, {"motion_json": '{"a": "' + "[" * 1000 + '"}'}), 422, "motion_json: ", "missing key")
+    big = {**MOTION, "transl": [[0.0, 1e39, 2.0]] * 9}
+    refused(post(client, {"motion_json": json.dumps(big)}), 422, "motion_json: ", "'transl'", "float32")
