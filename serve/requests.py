@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import secrets
 import zipfile
 from dataclasses import dataclass, field
@@ -98,19 +99,23 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def _too_many_pixels(size: str, limits: Limits) -> RequestError:
+    return RequestError(f"image: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
+
+
 def decode_image(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarray:
     """The reference image as uint8 `[H, W, 3]` at `size`; its pixel count is checked before decoding."""
     try:
         image = PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError):
+    except PIL.Image.DecompressionBombError as err:  # PIL's own, larger limit, checked from the header too
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_many_pixels(pixels.group(1) if pixels else "more than PIL's limit of", limits) from None
+    except (PIL.UnidentifiedImageError, OSError):
         raise RequestError(f"image: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
     with image:
         width, height = image.size
         if width * height > limits.max_image_pixels:
-            raise RequestError(
-                f"image: {width}x{height} is {width * height} pixels; at most {limits.max_image_pixels} are accepted",
-                413,
-            )
+            raise _too_many_pixels(f"{width}x{height} is {width * height}", limits)
         try:
             image.load()
         except (OSError, ValueError) as err:

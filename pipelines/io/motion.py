@@ -57,7 +57,7 @@ def motion_from_json_text(text: str) -> Motion:
         raise MotionError(f"motion JSON nests {depth} levels deep; a motion needs at most {MAX_JSON_DEPTH}")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # malformed, or an integer beyond Python's digit limit
         raise MotionError(f"motion JSON is malformed: {err}") from None
     if not isinstance(data, dict):
         raise MotionError("motion JSON must be an object with the motion-file keys")

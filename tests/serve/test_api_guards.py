@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -76,3 +78,24 @@ def test_deeply_nested_or_float32_overflowing_motion_json_is_refused(client):
     refused(post(client, {"motion_json": '{"a": "' + "[" * 1000 + '"}'}), 422, "motion_json: ", "missing key")
     big = {**MOTION, "transl": [[0.0, 1e39, 2.0]] * 9}
     refused(post(client, {"motion_json": json.dumps(big)}), 422, "motion_json: ", "'transl'", "float32")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels (a decompression bomb's first bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_unknown_oversized_and_bomb_fields_are_named(client):
+    refused(post(client, {"numframes": 9}), 422, "numframes: not a field", "num_frames")
+    refused(post(client, {"stepz": 3}), 422, "stepz: not a field")
+    refused(post(client, {"prompt": "x" * 100_001}), 413, "prompt: 100001 bytes; at most 100000")
+    refused(post(client, {"motion_json": " " * 100_001}), 413, "motion_json: 100001 bytes")
+    bomb = ("bomb.png", png_header(30_000, 30_000), "image/png")
+    refused(post(client, files={"image": bomb}), 413, "image: 900000000 pixels; at most 65536")
+    refused(post(client, {"motion_json": json.dumps(MOTION)[:-1] + ', "x": ' + "1" * 5000 + "}"}), 422,
+            "motion_json: motion JSON is malformed", "4300 digits")
