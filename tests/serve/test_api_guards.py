@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -18,9 +19,10 @@ from pipelines.demo.motions import make_demo_motion
 from serve.api import build_api
 from serve.auth import ApiKeys
 from serve.config import AuthSettings, ServeConfig
-from serve.jobs import JobRecord, JobStore
+from serve.jobs import GenerationParams, JobRecord, JobStore, new_job_id
 from serve.requests import BackboneInfo
 from serve.service import JobService
+from serve.worker import JobStopped, Lease
 
 MOTION = {key: value.tolist() for key, value in make_demo_motion("walk", 9).to_arrays().items()}
 
@@ -99,3 +101,25 @@ def test_unknown_oversized_and_bomb_fields_are_named(client):
     refused(post(client, files={"image": bomb}), 413, "image: 900000000 pixels; at most 65536")
     refused(post(client, {"motion_json": json.dumps(MOTION)[:-1] + ', "x": ' + "1" * 5000 + "}"}), 422,
             "motion_json: motion JSON is malformed", "4300 digits")
+
+
+def test_a_cancel_stops_the_generation_at_the_next_steps_not_the_next_heartbeat(tmp_path):
+    store = JobStore(str(tmp_path))
+    record = JobRecord(
+        id=new_job_id(), client="c", status="running", deployment="generation", created_at=0.0, updated_at=0.0,
+        owner="ingress-test", params=GenerationParams(
+            backbone="tiny-cogvideox", prompt="", negative_prompt="", num_frames=9, resolution=(32, 32), steps=1000,
+            guidance=1.0, gamma=0.5, seed=0, articulated_noise=False, inputs=[],
+        ),
+    )
+    store.create(record, {})
+    with Lease(store, record, interval_s=60.0) as lease:
+        lease.step(1, 1000)
+        store.request_cancel(record.id)
+        deadline = time.monotonic() + 5
+        with pytest.raises(JobStopped) as stopped:
+            for done in range(2, 1000):
+                assert time.monotonic() < deadline, "the cancel was not seen within 5 s of steps"
+                lease.step(done, 1000)
+                time.sleep(0.01)  # a denoising step
+    assert stopped.value.cancelled and done < 100
