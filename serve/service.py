@@ -17,12 +17,13 @@ import weakref
 from collections.abc import Awaitable, Callable
 
 from serve.config import ServeConfig
-from serve.jobs import JobRecord, JobStore, Progress, new_job_id
-from serve.requests import BackboneInfo, Upload, parse_submission
+from serve.jobs import JobRecord, JobStore, Progress, idempotent_job_id, new_job_id
+from serve.requests import BackboneInfo, Submission, Upload, parse_submission
 
 logger = logging.getLogger(__name__)
 Dispatcher = Callable[[JobRecord], Awaitable[object]]
 WAIT_POLL_S = 0.25
+CLAIM_WAIT_S = 10.0  # how long a request waits for the record of a job another request claimed its key for
 
 
 class JobNotFound(LookupError):
@@ -57,23 +58,48 @@ class JobService:
         if idempotency_key is None:
             return await self._create(client, upload), False
         lock = self._key_locks.setdefault((client, idempotency_key), asyncio.Lock())
-        async with lock:
+        async with lock:  # one claim per key in this ingress; the store's claim settles it between ingresses
             fingerprint = upload.fingerprint()
             known = await asyncio.to_thread(self.store.idempotent_job, client, idempotency_key)
-            if known is not None:
-                job_id, known_fingerprint = known
-                if known_fingerprint != fingerprint:
-                    raise JobConflict("Idempotency-Key: already used for a different request")
-                return await self.get(client, job_id), True
-            record = await self._create(client, upload)
-            await asyncio.to_thread(self.store.remember_idempotency, client, idempotency_key, record.id, fingerprint)
-            return record, False
+            if known is None:
+                submission = await asyncio.to_thread(parse_submission, upload, self.backbones, self.config)
+                job_id = idempotent_job_id(client, idempotency_key)
+                claim = self.store.claim_idempotency, client, idempotency_key, job_id, fingerprint
+                known = await asyncio.to_thread(*claim)
+                if known is None:
+                    try:
+                        return await self._accept(client, submission, job_id), False
+                    except BaseException:  # no job behind the claim: free the key for a retry
+                        await asyncio.to_thread(self.store.release_idempotency, client, idempotency_key)
+                        raise
+            job_id, known_fingerprint = known
+            if known_fingerprint != fingerprint:
+                raise JobConflict("Idempotency-Key: already used for a different request")
+            return await self._claimed_job(client, idempotency_key, job_id), True
+
+    async def _claimed_job(self, client: str, key: str, job_id: str) -> JobRecord:
+        """The job another request claimed the key for, once its record exists (it is being written)."""
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while (record := await asyncio.to_thread(self.store.record, job_id)) is None:
+            if time.monotonic() > deadline:
+                claimed_at = await asyncio.to_thread(self.store.idempotency_claimed_at, client, key)
+                if claimed_at is not None and time.time() - claimed_at > self.config.jobs.lease_timeout_s:
+                    await asyncio.to_thread(self.store.release_idempotency, client, key)  # its ingress died
+                raise JobConflict("Idempotency-Key: a request with this key is still being accepted; retry")
+            await asyncio.sleep(WAIT_POLL_S)
+        if record.client != client:
+            raise JobNotFound(f"no job {job_id}")
+        return record
 
     async def _create(self, client: str, upload: Upload) -> JobRecord:
         submission = await asyncio.to_thread(parse_submission, upload, self.backbones, self.config)
+        return await self._accept(client, submission, new_job_id())
+
+    async def _accept(self, client: str, submission: Submission, job_id: str) -> JobRecord:
+        """Store a checked submission as job `job_id` and dispatch it."""
         now = time.time()
         record = JobRecord(
-            id=new_job_id(), client=client, status="queued", deployment=submission.deployment,
+            id=job_id, client=client, status="queued", deployment=submission.deployment,
             params=submission.params, created_at=now, updated_at=now, owner=self.owner,
         )
         await asyncio.to_thread(self.store.create, record, submission.inputs)

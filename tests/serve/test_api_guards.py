@@ -3,11 +3,14 @@ a hostile client sends is refused with the field named, before any generation re
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import struct
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
@@ -19,8 +22,8 @@ from pipelines.demo.motions import make_demo_motion
 from serve.api import build_api
 from serve.auth import ApiKeys
 from serve.config import AuthSettings, ServeConfig
-from serve.jobs import GenerationParams, JobRecord, JobStore, new_job_id
-from serve.requests import BackboneInfo
+from serve.jobs import GenerationParams, JobRecord, JobStore, Storage, new_job_id
+from serve.requests import BackboneInfo, Upload
 from serve.service import JobService
 from serve.worker import JobStopped, Lease
 
@@ -34,7 +37,8 @@ def png(size: tuple[int, int] = (32, 32)) -> bytes:
 
 
 @pytest.fixture()
-def client(tmp_path):
+def service(tmp_path) -> JobService:
+    """An ingress's job service on tmp_path whose dispatch does nothing (no generation replica)."""
     config = ServeConfig.model_validate({
         "storage_uri": str(tmp_path / "jobs"),
         "backbones": {"tiny-cogvideox": {"config": "configs/backbones/tiny-cogvideox.yaml", "device": "cpu"}},
@@ -42,13 +46,16 @@ def client(tmp_path):
         "limits": {"max_body_bytes": 1_000_000, "max_text_field_bytes": 100_000, "max_image_pixels": 256 * 256},
     })
     backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
-    dispatched: list[JobRecord] = []
+    return JobService(config, JobStore(config.storage_uri), backbones, dispatch_nothing, owner="ingress-test")
 
-    async def dispatch(record: JobRecord) -> None:
-        dispatched.append(record)
 
-    service = JobService(config, JobStore(config.storage_uri), backbones, dispatch, owner="ingress-test")
-    with TestClient(build_api(service, ApiKeys(config.auth), config.limits)) as test_client:
+async def dispatch_nothing(record: JobRecord) -> None:
+    pass
+
+
+@pytest.fixture()
+def client(service):
+    with TestClient(build_api(service, ApiKeys(service.config.auth), service.config.limits)) as test_client:
         yield test_client
 
 
@@ -123,3 +130,37 @@ def test_a_cancel_stops_the_generation_at_the_next_steps_not_the_next_heartbeat(
                 lease.step(done, 1000)
                 time.sleep(0.01)  # a denoising step
     assert stopped.value.cancelled and done < 100
+
+
+def test_concurrent_posts_with_one_idempotency_key_make_one_job_across_ingresses(service):
+    """Ten requests with one key, each through its own ingress (JobService) on the same storage, at once."""
+    motion = make_demo_motion("walk", 9).to_arrays()
+    buffer = io.BytesIO()
+    np.savez(buffer, **motion)
+    upload = Upload(png(), motion=buffer.getvalue(), fields={"seed": 1})
+    barrier = threading.Barrier(10)
+
+    def one_ingress(index: int) -> tuple[str, bool]:
+        ingress = JobService(service.config, JobStore(service.config.storage_uri), service.backbones,
+                             dispatch_nothing, owner=f"ingress-{index}")
+
+        async def post() -> tuple[str, bool]:
+            barrier.wait()
+            record, replayed = await ingress.submit("client", upload, "order-42")
+            return record.id, replayed
+
+        return asyncio.run(post())
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(one_ingress, range(10)))
+    assert len({job_id for job_id, _ in answers}) == 1, answers
+    assert sorted(replayed for _, replayed in answers) == [False] + [True] * 9
+    assert len(service.store.active()) == 1
+
+
+def test_exclusive_creation_has_one_winner(tmp_path):
+    storage = Storage(str(tmp_path))
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda index: storage.create_exclusive("claim.json", str(index).encode()), range(8)))
+    assert won.count(True) == 1 and storage.read("claim.json") == str(won.index(True)).encode()
+    assert storage.names("") == ["claim.json"]  # no temporary file left
