@@ -88,7 +88,11 @@ class Client:
         job_id = response.json()["id"]
         while time.monotonic() < self.deadline:
             wait_s = max(0.0, min(10.0, self.deadline - time.monotonic()))
-            job = self.session.get(f"{self.base}/v1/videos/{job_id}", params={"wait_s": wait_s}, timeout=30).json()
+            response = self.session.get(f"{self.base}/v1/videos/{job_id}", params={"wait_s": wait_s}, timeout=30)
+            if response.status_code == 503:  # the ingress holds its share of long polls: as a client should
+                time.sleep(float(response.headers["Retry-After"]))
+                continue
+            job = response.json()
             if job["status"] in TERMINAL:
                 break
         else:

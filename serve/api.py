@@ -16,7 +16,7 @@ from serve.auth import ApiKeys, AuthError
 from serve.config import Limits
 from serve.jobs import JOB_ID_PATTERN, GenerationParams, JobRecord, Progress, Status
 from serve.requests import RequestError, Upload
-from serve.service import JobConflict, JobNotFound, JobService
+from serve.service import JobConflict, JobNotFound, JobService, ServiceBusy
 
 UPLOAD_FIELDS = ("image", "motion", "motion_json", "pose_video")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -116,10 +116,12 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
     app.add_middleware(GateMiddleware, keys=keys, max_body_bytes=limits.max_body_bytes)
 
     async def error_response(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, ServiceBusy):
+            return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": str(exc.retry_after_s)})
         status = exc.status_code if isinstance(exc, RequestError) else 404 if isinstance(exc, JobNotFound) else 409
         return JSONResponse({"detail": str(exc)}, status)
 
-    for error in (RequestError, JobNotFound, JobConflict):
+    for error in (RequestError, JobNotFound, JobConflict, ServiceBusy):
         app.add_exception_handler(error, error_response)
 
     @app.post(
@@ -169,14 +171,15 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
             response.headers["Idempotent-Replayed"] = "true"
         return JobView.of(record)
 
-    @app.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}})
+    @app.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}, 503: {}})
     async def get_video(
         client: Client,
         job_id: JobId,
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long poll: answer once the job has "
                                        "finished or after this many seconds")] = 0.0,
     ) -> JobView:
-        """The job's status (queued, running, succeeded, failed, cancelled), progress and error."""
+        """The job's status (queued, running, succeeded, failed, cancelled), progress and error; 503 with
+        Retry-After when this replica already holds its share of long polls."""
         return JobView.of(await service.get(client, job_id, wait_s))
 
     @app.get(

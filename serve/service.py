@@ -34,6 +34,12 @@ class JobConflict(Exception):
     """The job is not in a state that allows the request."""
 
 
+class ServiceBusy(Exception):
+    """This replica holds as many long polls as it may; the client should poll again after `retry_after_s`."""
+
+    retry_after_s = 1
+
+
 class ReplicaLost(Exception):
     """A dispatch failed because the replica running the job is gone."""
 
@@ -48,6 +54,7 @@ class JobService:
         self.config, self.store, self.backbones, self.owner = config, store, backbones, owner
         self._dispatch_call = dispatch
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._waiting_polls = 0
         self._key_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self.last_reconcile: float | None = None
 
@@ -108,7 +115,20 @@ class JobService:
 
     async def get(self, client: str, job_id: str, wait_s: float = 0.0) -> JobRecord:
         """The job; with `wait_s`, once it has finished or after that long (a long poll): at once when this
-        ingress dispatched it, else by re-reading the record every `WAIT_POLL_S`."""
+        ingress dispatched it, else by re-reading the record every `WAIT_POLL_S`. At most
+        `limits.max_waiting_polls` wait at once (ServiceBusy past it), so waiting never takes every slot."""
+        if wait_s <= 0:
+            return await self._wait(client, job_id, 0.0)
+        limit = self.config.limits.max_waiting_polls
+        if self._waiting_polls >= limit:
+            raise ServiceBusy(f"wait_s: {limit} long polls are already waiting on this replica; poll again shortly")
+        self._waiting_polls += 1
+        try:
+            return await self._wait(client, job_id, wait_s)
+        finally:
+            self._waiting_polls -= 1
+
+    async def _wait(self, client: str, job_id: str, wait_s: float) -> JobRecord:
         deadline = time.monotonic() + wait_s
         while True:
             record = await asyncio.to_thread(self.store.record, job_id)

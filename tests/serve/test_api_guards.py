@@ -164,3 +164,22 @@ def test_exclusive_creation_has_one_winner(tmp_path):
         won = list(pool.map(lambda index: storage.create_exclusive("claim.json", str(index).encode()), range(8)))
     assert won.count(True) == 1 and storage.read("claim.json") == str(won.index(True)).encode()
     assert storage.names("") == ["claim.json"]  # no temporary file left
+
+
+def test_a_flood_of_long_polls_is_bounded_and_healthz_still_answers(client, service):
+    """Past `limits.max_waiting_polls` (2 here) a long poll is answered 503 with Retry-After at once."""
+    service.config.limits.max_waiting_polls = 2
+    job = post(client, {"num_frames": 9}).json()
+    with ThreadPoolExecutor(12) as pool:
+        polls = [pool.submit(client.get, f"/v1/videos/{job['id']}", params={"wait_s": 30}) for _ in range(10)]
+        deadline = time.monotonic() + 10
+        while sum(poll.done() for poll in polls) < 8:
+            assert time.monotonic() < deadline, "the polls past the bound were not answered at once"
+            time.sleep(0.05)
+        assert client.get("/healthz").json() == {"status": "ok"}
+        busy = [poll.result() for poll in polls if poll.done()]
+        assert {response.status_code for response in busy} == {503}
+        assert busy[0].headers["Retry-After"] == "1" and "wait_s: 2 long polls" in busy[0].json()["detail"]
+        assert client.get(f"/v1/videos/{job['id']}").status_code == 200  # a plain poll is never refused
+        service.store.finish(service.store.record(job["id"]).moved(status="cancelled"))
+        assert [poll.result().json()["status"] for poll in polls if poll.result().status_code == 200] == ["cancelled"] * 2
