@@ -13,6 +13,8 @@ MAX_IMAGE_SIDE = 8192
 NUM_BODY_JOINTS = 23
 NUM_BETAS = 10
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class MotionError(ValueError):
     """A motion file or mapping that breaks the contract; the message names the key."""
@@ -76,6 +78,10 @@ def _array(data: Mapping[str, object], key: str) -> np.ndarray:
         raise MotionError(f"motion key '{key}' is not a numeric array: {err}") from None
     if not np.all(np.isfinite(array)):
         raise MotionError(f"motion key '{key}' contains NaN or inf")
+    if array.size and np.abs(array).max() > FLOAT32_MAX:  # finite here, inf once stored as float32
+        raise MotionError(
+            f"motion key '{key}' holds {np.abs(array).max():g}, beyond float32's range (at most {FLOAT32_MAX:g})"
+        )
     return array
 
 

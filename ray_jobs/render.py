@@ -62,7 +62,10 @@ def run(config: RenderJobConfig) -> dict[str, int]:
     lost = sorted({row["id"] for row in todo} - seen)
     if lost:
         raise RuntimeError(f"lost items: {lost} were neither written nor failed ({counts})")
-    (config.output_dir / SUMMARY_NAME).write_text(json.dumps(counts, indent=2))
+    summary: dict[str, Any] = dict(counts)
+    if store.unreadable:  # set aside in metadata.unreadable/; their rows were rendered again
+        summary["unreadable_metadata"] = {str(path): reason for path, reason in store.unreadable.items()}
+    (config.output_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     return counts
 
 

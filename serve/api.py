@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, 
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,8 +16,9 @@ from serve.auth import ApiKeys, AuthError
 from serve.config import Limits
 from serve.jobs import JOB_ID_PATTERN, GenerationParams, JobRecord, Progress, Status
 from serve.requests import RequestError, Upload
-from serve.service import JobConflict, JobNotFound, JobService
+from serve.service import JobConflict, JobNotFound, JobService, ServiceBusy
 
+UPLOAD_FIELDS = ("image", "motion", "motion_json", "pose_video")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 MAX_IDEMPOTENCY_KEY = 128
 MAX_WAIT_S = 30.0
@@ -82,6 +84,17 @@ class GateMiddleware:
         await self.app(scope, counted, send)
 
 
+def check_form(form: FormData, allowed: set[str], limits: Limits) -> None:
+    """Refuse fields the endpoint does not know (422: a misspelt `numframes` would be ignored otherwise) and text
+    fields over `limits.max_text_field_bytes` (413), naming the field."""
+    for name, value in form.multi_items():
+        if name not in allowed:
+            raise RequestError(f"{name}: not a field of this endpoint; the fields are {', '.join(sorted(allowed))}")
+        size = len(value.encode()) if isinstance(value, str) else 0
+        if size > limits.max_text_field_bytes:
+            raise RequestError(f"{name}: {size} bytes; at most {limits.max_text_field_bytes} are accepted", 413)
+
+
 _bearer = HTTPBearer(auto_error=False, description="an API key (not needed when auth is off)")
 
 
@@ -103,15 +116,18 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
     app.add_middleware(GateMiddleware, keys=keys, max_body_bytes=limits.max_body_bytes)
 
     async def error_response(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, ServiceBusy):
+            return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": str(exc.retry_after_s)})
         status = exc.status_code if isinstance(exc, RequestError) else 404 if isinstance(exc, JobNotFound) else 409
         return JSONResponse({"detail": str(exc)}, status)
 
-    for error in (RequestError, JobNotFound, JobConflict):
+    for error in (RequestError, JobNotFound, JobConflict, ServiceBusy):
         app.add_exception_handler(error, error_response)
 
     @app.post(
         "/v1/videos", status_code=202, response_model=JobView,
-        form_limits={"max_part_size": limits.max_text_field_bytes, "max_files": 3, "max_fields": 16},
+        # text fields are held to max_text_field_bytes by check_form, which can name the field (Starlette cannot)
+        form_limits={"max_part_size": limits.max_body_bytes, "max_files": 3, "max_fields": 16},
         responses={401: {}, 409: {}, 413: {}, 422: {}},
     )
     async def create_video(
@@ -147,6 +163,7 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
             "guidance": guidance, "gamma": gamma, "seed": seed, "articulated_noise": articulated_noise,
             "backbone": backbone,
         }
+        check_form(await request.form(), {*fields, *UPLOAD_FIELDS}, limits)  # FastAPI's parse, cached
         upload = Upload(await image.read(), await read(motion), motion_json, await read(pose_video), fields)
         record, replayed = await service.submit(client, upload, idempotency_key)
         response.headers["Location"] = str(request.url_for("get_video", job_id=record.id))
@@ -154,14 +171,15 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
             response.headers["Idempotent-Replayed"] = "true"
         return JobView.of(record)
 
-    @app.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}})
+    @app.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}, 503: {}})
     async def get_video(
         client: Client,
         job_id: JobId,
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long poll: answer once the job has "
                                        "finished or after this many seconds")] = 0.0,
     ) -> JobView:
-        """The job's status (queued, running, succeeded, failed, cancelled), progress and error."""
+        """The job's status (queued, running, succeeded, failed, cancelled), progress and error; 503 with
+        Retry-After when this replica already holds its share of long polls."""
         return JobView.of(await service.get(client, job_id, wait_s))
 
     @app.get(

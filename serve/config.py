@@ -138,6 +138,11 @@ class Limits(_Strict):
     max_motion_bytes: int = Field(256 * 2**20, gt=0, description="uncompressed size of a motion .npz")
     max_steps: int = Field(100, ge=1, le=1000, description="the schedulers are trained on 1000 timesteps")
     max_prompt_chars: int = Field(2000, ge=0)
+    max_waiting_polls: int | None = Field(
+        None, ge=0, description="long polls (GET ?wait_s=) one ingress replica holds at once, past which it answers "
+        "503 with Retry-After; below the ingress's max_ongoing_requests, so /healthz and submissions always find a "
+        "slot. None: half of it",
+    )
 
 
 class JobSettings(_Strict):
@@ -184,6 +189,18 @@ class ServeConfig(_Strict):
         ray_actor_options=ActorOptions(num_cpus=0.5)))
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     long_video: DeploymentSettings = Field(default_factory=DeploymentSettings)
+
+    @model_validator(mode="after")
+    def _polls_leave_room(self) -> ServeConfig:
+        slots = self.ingress.max_ongoing_requests
+        if self.limits.max_waiting_polls is None:
+            self.limits.max_waiting_polls = slots // 2
+        elif self.limits.max_waiting_polls >= slots:
+            raise ValueError(
+                f"limits.max_waiting_polls ({self.limits.max_waiting_polls}) must be below ingress.max_ongoing_requests "
+                f"({slots}), or waiting polls can take every slot and /healthz goes unanswered"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_is_listed(self) -> ServeConfig:

@@ -8,13 +8,19 @@ Layout under the storage URI:
     jobs/<id>/video.mp4       the result
     active/<id>               marker: the job is not finished (what the reconciler scans)
     ingresses/<owner>.json    each ingress replica's heartbeat (queued jobs live while their owner does)
-    idempotency/<hash>.json   Idempotency-Key -> job id, per client
+    idempotency/<hash>.json   Idempotency-Key -> job id, per client; created only if absent (the claim)
+
+Claiming an Idempotency-Key is atomic on a local or shared file system (a hard link, which fails when the name
+exists). pyarrow has no conditional put for object stores (s3://, gs://), so there two ingresses racing on one key
+can both claim it; the job id is derived from the client and the key, so both then write the same job (one record),
+though it may be generated twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 import uuid
@@ -34,6 +40,11 @@ RESULT_NAME = "video.mp4"
 def new_job_id() -> str:
     """A server-generated job id: uuid4 as 32 hex digits."""
     return uuid.uuid4().hex
+
+
+def idempotent_job_id(client: str, key: str) -> str:
+    """The job id a client's Idempotency-Key names: concurrent claims of one key converge on one job."""
+    return hashlib.sha256(f"job\n{client}\n{key}".encode()).hexdigest()[:32]
 
 
 def check_job_id(job_id: str) -> str:
@@ -119,6 +130,27 @@ class Storage:
         with self.filesystem.open_output_stream(temporary) as stream:
             stream.write(data)
         self.filesystem.move(temporary, path)
+
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Write the file only if it does not exist yet; False when it did. Atomic on local file systems; on others
+        a check then a write (see the module docstring)."""
+        if not isinstance(self.filesystem, pafs.LocalFileSystem):
+            if self.exists(relative):
+                return False
+            self.write(relative, data)
+            return True
+        path = self._path(relative)
+        self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(temporary, "wb") as file:
+            file.write(data)
+        try:
+            os.link(temporary, path)  # complete content under the final name, or FileExistsError
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temporary)
 
     def read(self, relative: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
@@ -221,8 +253,23 @@ class JobStore:
         entry = self.storage.read_json(self._idempotency(client, key))
         return None if entry is None else (entry["job_id"], entry["fingerprint"])
 
-    def remember_idempotency(self, client: str, key: str, job_id: str, fingerprint: str) -> None:
-        self.storage.write_json(self._idempotency(client, key), {"job_id": job_id, "fingerprint": fingerprint})
+    def claim_idempotency(self, client: str, key: str, job_id: str, fingerprint: str) -> tuple[str, str] | None:
+        """Claim a client's Idempotency-Key for a job about to be created: None when this call claimed it, else
+        the (job id, fingerprint) that holds it."""
+        entry = json.dumps({"job_id": job_id, "fingerprint": fingerprint, "claimed_at": time.time()}).encode()
+        while not self.storage.create_exclusive(self._idempotency(client, key), entry):
+            holder = self.idempotent_job(client, key)
+            if holder is not None:  # else released since: claim again
+                return holder
+        return None
+
+    def idempotency_claimed_at(self, client: str, key: str) -> float | None:
+        entry = self.storage.read_json(self._idempotency(client, key))
+        return None if entry is None else float(entry.get("claimed_at", 0.0))
+
+    def release_idempotency(self, client: str, key: str) -> None:
+        """Drop a claim whose job was never created (its ingress died between claiming and creating)."""
+        self.storage.delete(self._idempotency(client, key))
 
     def beat(self, owner: str) -> None:
         """Record that ingress `owner` is alive now."""

@@ -2,7 +2,8 @@
 
 Every refusal is a `RequestError` whose message starts with the field's name. Nothing is unpickled: motions
 go through `motion_from_npz_bytes`/`motion_from_json_text`, images through PIL with the pixel count checked
-from the header before any pixel is decoded, pose videos through PyAV one frame at a time.
+from the header before any pixel is decoded, pose videos through PyAV one frame at a time, from memory, as one of
+the containers `pipelines.io.video.open_video` accepts (never a playlist, concat list or URL).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import secrets
 import zipfile
 from dataclasses import dataclass, field
@@ -21,9 +23,10 @@ import numpy as np
 import PIL.Image
 
 from models.backbones import VariantSpec, load_backbone_config
-from models.motion import Motion
+from models.motion import Motion, MotionError
 from pipelines.generation.frames import image_pixels, pose_video_pixels
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
+from pipelines.io.video import open_video
 from serve.config import BackboneEntry, Limits, ServeConfig, project_path
 from serve.jobs import Deployment, GenerationParams
 
@@ -96,19 +99,23 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def _too_many_pixels(size: str, limits: Limits) -> RequestError:
+    return RequestError(f"image: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
+
+
 def decode_image(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarray:
     """The reference image as uint8 `[H, W, 3]` at `size`; its pixel count is checked before decoding."""
     try:
         image = PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError):
+    except PIL.Image.DecompressionBombError as err:  # PIL's own, larger limit, checked from the header too
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_many_pixels(pixels.group(1) if pixels else "more than PIL's limit of", limits) from None
+    except (PIL.UnidentifiedImageError, OSError):
         raise RequestError(f"image: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
     with image:
         width, height = image.size
         if width * height > limits.max_image_pixels:
-            raise RequestError(
-                f"image: {width}x{height} is {width * height} pixels; at most {limits.max_image_pixels} are accepted",
-                413,
-            )
+            raise _too_many_pixels(f"{width}x{height} is {width * height}", limits)
         try:
             image.load()
         except (OSError, ValueError) as err:
@@ -131,13 +138,16 @@ def decode_motion(npz: bytes | None, json_text: str | None, limits: Limits) -> M
     """The motion from an .npz upload or a JSON field (not both), or None."""
     if npz is not None and json_text is not None:
         raise RequestError("motion/motion_json: give the motion once, as an .npz file or as JSON")
-    if npz is not None:
-        _check_npz_size(npz, limits.max_motion_bytes)
-        motion = motion_from_npz_bytes(npz)
-    elif json_text is not None:
-        motion = motion_from_json_text(json_text)
-    else:
-        return None
+    try:
+        if npz is not None:
+            _check_npz_size(npz, limits.max_motion_bytes)
+            motion = motion_from_npz_bytes(npz)
+        elif json_text is not None:
+            motion = motion_from_json_text(json_text)
+        else:
+            return None
+    except MotionError as err:
+        raise RequestError(f"{'motion' if npz is not None else 'motion_json'}: {err}") from None
     if motion.num_frames > limits.max_motion_frames:
         raise RequestError(f"motion: {motion.num_frames} frames; at most {limits.max_motion_frames} are accepted")
     return motion
@@ -147,7 +157,7 @@ def decode_pose_video(data: bytes, limits: Limits, size: tuple[int, int]) -> tup
     """A pose video's frames at `size` (at most `limits.max_frames` of them) and its frame rate."""
     frames = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with open_video(io.BytesIO(data), "pose_video", "the upload") as container:
             if not container.streams.video:
                 raise RequestError("pose_video: the file has no video stream")
             stream = container.streams.video[0]

@@ -17,12 +17,13 @@ import weakref
 from collections.abc import Awaitable, Callable
 
 from serve.config import ServeConfig
-from serve.jobs import JobRecord, JobStore, Progress, new_job_id
-from serve.requests import BackboneInfo, Upload, parse_submission
+from serve.jobs import JobRecord, JobStore, Progress, idempotent_job_id, new_job_id
+from serve.requests import BackboneInfo, Submission, Upload, parse_submission
 
 logger = logging.getLogger(__name__)
 Dispatcher = Callable[[JobRecord], Awaitable[object]]
 WAIT_POLL_S = 0.25
+CLAIM_WAIT_S = 10.0  # how long a request waits for the record of a job another request claimed its key for
 
 
 class JobNotFound(LookupError):
@@ -31,6 +32,12 @@ class JobNotFound(LookupError):
 
 class JobConflict(Exception):
     """The job is not in a state that allows the request."""
+
+
+class ServiceBusy(Exception):
+    """This replica holds as many long polls as it may; the client should poll again after `retry_after_s`."""
+
+    retry_after_s = 1
 
 
 class ReplicaLost(Exception):
@@ -47,6 +54,7 @@ class JobService:
         self.config, self.store, self.backbones, self.owner = config, store, backbones, owner
         self._dispatch_call = dispatch
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._waiting_polls = 0
         self._key_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self.last_reconcile: float | None = None
 
@@ -57,23 +65,48 @@ class JobService:
         if idempotency_key is None:
             return await self._create(client, upload), False
         lock = self._key_locks.setdefault((client, idempotency_key), asyncio.Lock())
-        async with lock:
+        async with lock:  # one claim per key in this ingress; the store's claim settles it between ingresses
             fingerprint = upload.fingerprint()
             known = await asyncio.to_thread(self.store.idempotent_job, client, idempotency_key)
-            if known is not None:
-                job_id, known_fingerprint = known
-                if known_fingerprint != fingerprint:
-                    raise JobConflict("Idempotency-Key: already used for a different request")
-                return await self.get(client, job_id), True
-            record = await self._create(client, upload)
-            await asyncio.to_thread(self.store.remember_idempotency, client, idempotency_key, record.id, fingerprint)
-            return record, False
+            if known is None:
+                submission = await asyncio.to_thread(parse_submission, upload, self.backbones, self.config)
+                job_id = idempotent_job_id(client, idempotency_key)
+                claim = self.store.claim_idempotency, client, idempotency_key, job_id, fingerprint
+                known = await asyncio.to_thread(*claim)
+                if known is None:
+                    try:
+                        return await self._accept(client, submission, job_id), False
+                    except BaseException:  # no job behind the claim: free the key for a retry
+                        await asyncio.to_thread(self.store.release_idempotency, client, idempotency_key)
+                        raise
+            job_id, known_fingerprint = known
+            if known_fingerprint != fingerprint:
+                raise JobConflict("Idempotency-Key: already used for a different request")
+            return await self._claimed_job(client, idempotency_key, job_id), True
+
+    async def _claimed_job(self, client: str, key: str, job_id: str) -> JobRecord:
+        """The job another request claimed the key for, once its record exists (it is being written)."""
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while (record := await asyncio.to_thread(self.store.record, job_id)) is None:
+            if time.monotonic() > deadline:
+                claimed_at = await asyncio.to_thread(self.store.idempotency_claimed_at, client, key)
+                if claimed_at is not None and time.time() - claimed_at > self.config.jobs.lease_timeout_s:
+                    await asyncio.to_thread(self.store.release_idempotency, client, key)  # its ingress died
+                raise JobConflict("Idempotency-Key: a request with this key is still being accepted; retry")
+            await asyncio.sleep(WAIT_POLL_S)
+        if record.client != client:
+            raise JobNotFound(f"no job {job_id}")
+        return record
 
     async def _create(self, client: str, upload: Upload) -> JobRecord:
         submission = await asyncio.to_thread(parse_submission, upload, self.backbones, self.config)
+        return await self._accept(client, submission, new_job_id())
+
+    async def _accept(self, client: str, submission: Submission, job_id: str) -> JobRecord:
+        """Store a checked submission as job `job_id` and dispatch it."""
         now = time.time()
         record = JobRecord(
-            id=new_job_id(), client=client, status="queued", deployment=submission.deployment,
+            id=job_id, client=client, status="queued", deployment=submission.deployment,
             params=submission.params, created_at=now, updated_at=now, owner=self.owner,
         )
         await asyncio.to_thread(self.store.create, record, submission.inputs)
@@ -82,7 +115,20 @@ class JobService:
 
     async def get(self, client: str, job_id: str, wait_s: float = 0.0) -> JobRecord:
         """The job; with `wait_s`, once it has finished or after that long (a long poll): at once when this
-        ingress dispatched it, else by re-reading the record every `WAIT_POLL_S`."""
+        ingress dispatched it, else by re-reading the record every `WAIT_POLL_S`. At most
+        `limits.max_waiting_polls` wait at once (ServiceBusy past it), so waiting never takes every slot."""
+        if wait_s <= 0:
+            return await self._wait(client, job_id, 0.0)
+        limit = self.config.limits.max_waiting_polls
+        if self._waiting_polls >= limit:
+            raise ServiceBusy(f"wait_s: {limit} long polls are already waiting on this replica; poll again shortly")
+        self._waiting_polls += 1
+        try:
+            return await self._wait(client, job_id, wait_s)
+        finally:
+            self._waiting_polls -= 1
+
+    async def _wait(self, client: str, job_id: str, wait_s: float) -> JobRecord:
         deadline = time.monotonic() + wait_s
         while True:
             record = await asyncio.to_thread(self.store.record, job_id)

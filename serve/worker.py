@@ -1,8 +1,8 @@
 """Running jobs on a generation replica: inputs from storage, generation under a lease, the MP4 back to storage.
 
 A running job's record is kept fresh by a `Lease`: a thread that rewrites it (heartbeat and progress) every
-`heartbeat_interval_s` and notices a cancel request or a take-over (the reconciler retried or failed the job);
-the pipeline's progress callback then stops the generation at the next denoising step.
+`heartbeat_interval_s` and notices a take-over (the reconciler retried or failed the job); every denoising step also
+wakes it to look for a cancel request, so a cancel stops the generation a step or two after DELETE, not a heartbeat.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Lease:
         self._progress = record.progress
         self._stopped: JobStopped | None = None
         self._done = threading.Event()
+        self._stepped = threading.Event()  # set by each step: look for a cancel request now
         self._thread = threading.Thread(target=self._beat_until_done, name=f"lease-{record.id}", daemon=True)
 
     def __enter__(self) -> Lease:
@@ -60,18 +61,32 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
+        self._stepped.set()
         self._thread.join()
 
     def step(self, done: int, total: int) -> None:
-        """The pipeline's progress callback."""
+        """The pipeline's progress callback: raises JobStopped once the lease thread has seen a stop; never waits
+        for storage itself."""
         self._progress = Progress(done=done, total=total)
         if self._stopped is not None:
             raise self._stopped
+        self._stepped.set()
 
     def _beat_until_done(self) -> None:
-        while not self._done.wait(self.interval_s):
+        """Heartbeats every `interval_s`; in between, a cancel check after each step (checks coalesce when steps
+        come faster than storage answers)."""
+        next_beat = time.monotonic() + self.interval_s
+        while True:
+            self._stepped.wait(max(0.0, next_beat - time.monotonic()))
+            self._stepped.clear()
+            if self._done.is_set():
+                return
             try:
-                self._beat()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval_s
+                    self._beat()
+                elif self._stopped is None and self.store.cancel_requested(self.record.id):
+                    self._stopped = JobStopped(cancelled=True)
             except Exception:  # a storage hiccup: the next beat tries again
                 logger.exception("heartbeat of job %s failed", self.record.id)
 

@@ -67,3 +67,16 @@ def write_tiny_rows(folder: Path, body: BodyModel, clips: dict[str, int]) -> Pat
     if set(batch.column("status").to_pylist()) != {"ok"}:
         raise RuntimeError(f"preprocessing failed: {batch.to_pylist()}")
     return Path(config.output_dir)
+
+
+HOSTILE_FRAMES = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+
+
+def hostile_files(folder) -> dict[str, bytes]:
+    """Files that make FFmpeg open `secret.mp4` (a real video next to them) when it probes them."""
+    write_video(folder / "secret.mp4", HOSTILE_FRAMES, 8)
+    return {
+        "ffconcat": b"ffconcat version 1.0\nfile secret.mp4\n",
+        "hls": b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nsecret.mp4\n#EXT-X-ENDLIST\n",
+        "file_url": b"\0\0\0\x18ftypisom\0\0\0\0isomfile://" + str(folder / "secret.mp4").encode() + b"\n",
+    }

@@ -3,7 +3,9 @@
     videos/<id>.mp4     the videos
     metadata.parquet    one row per item (`METADATA_SCHEMA`): the latest outcome of every id ever rendered here
     metadata.parts/     outcomes of a run in progress, merged into metadata.parquet when it ends (or when the next
-                        run starts, after a crash)
+                        run starts, after a crash); each part is written under a temporary name and moved into place
+    metadata.unreadable/  parts that could not be read (e.g. damaged by a disk fault), moved aside by the merge and
+                        reported in the log and summary.json: their rows count as not done and are rendered again
     summary.json, config.resolved.yaml
 
 A rerun skips the rows whose MP4 exists and whose metadata says "ok", and retries the others (delete an MP4, or
@@ -13,6 +15,7 @@ use a new output folder, to render a row again with other settings).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -25,10 +28,13 @@ import pyarrow.parquet as pq
 
 from pipelines.io.video import write_video
 
+log = logging.getLogger(__name__)
+
 VIDEOS_DIR = "videos"
 PARTIAL_DIR = ".partial"
 METADATA_NAME = "metadata.parquet"
 PARTS_DIR = "metadata.parts"
+UNREADABLE_DIR = "metadata.unreadable"
 SUMMARY_NAME = "summary.json"
 METADATA_SCHEMA = pa.schema(
     [
@@ -61,6 +67,7 @@ class RenderStore:
 
     def __init__(self, output_dir: str | Path) -> None:
         self.root = Path(output_dir)
+        self.unreadable: dict[Path, str] = {}  # metadata files `records` could not read: the reason
 
     def video_path(self, item_id: str) -> Path:
         return self.root / VIDEOS_DIR / f"{item_id}.mp4"
@@ -83,9 +90,19 @@ class RenderStore:
         files = [path for path in [self.root / METADATA_NAME, *self._parts()] if path.is_file()]
         records: dict[str, dict[str, Any]] = {}
         for path in files:
-            for row in pq.read_table(path, schema=METADATA_SCHEMA).to_pylist():
+            for row in self._read(path):
                 records[row["id"]] = row
         return records
+
+    def _read(self, path: Path) -> list[dict[str, Any]]:
+        """A metadata file's rows; none (recorded in `unreadable` and logged) when it cannot be read."""
+        try:
+            return pq.read_table(path, schema=METADATA_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException) as err:
+            if path not in self.unreadable:
+                log.warning("skipping unreadable render metadata %s (its rows will be rendered again): %s", path, err)
+            self.unreadable[path] = str(err)
+            return []
 
     def done(self) -> frozenset[str]:
         """Ids whose metadata says "ok" and whose MP4 exists."""
@@ -98,7 +115,10 @@ class RenderStore:
         """Outcomes of this run as they arrive (a crash keeps them for the next run)."""
         folder = self.root / PARTS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.cast(METADATA_SCHEMA), folder / f"{time.time_ns():020d}.parquet")
+        part = folder / f"{time.time_ns():020d}.parquet"
+        temporary = part.with_suffix(".tmp")  # not a part until complete: a crash mid-write leaves no torn part
+        pq.write_table(table.cast(METADATA_SCHEMA), temporary)
+        os.replace(temporary, part)
 
     def finish(self, ids: list[str]) -> pa.Table:
         """Merge everything into metadata.parquet (manifest order first, then ids of earlier manifests); called when
@@ -110,10 +130,15 @@ class RenderStore:
         temporary = self.root / f".{METADATA_NAME}"
         self.root.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, temporary)
+        self._set_aside_unreadable()
         os.replace(temporary, self.root / METADATA_NAME)
-        for part in self._parts():
-            part.unlink()
-        if (self.root / PARTS_DIR).is_dir():
-            (self.root / PARTS_DIR).rmdir()
+        shutil.rmtree(self.root / PARTS_DIR, ignore_errors=True)  # merged parts and temporary files of a crash
         shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)  # no encoder runs now: leftovers of a crash
         return table
+
+    def _set_aside_unreadable(self) -> None:
+        """Move the unreadable metadata files into metadata.unreadable/ (kept for inspection, never read again)."""
+        for path in self.unreadable:
+            if path.is_file():
+                (self.root / UNREADABLE_DIR).mkdir(exist_ok=True)
+                os.replace(path, self.root / UNREADABLE_DIR / path.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from models.motion import Motion, MotionError, motion_from_arrays
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 # A motion file this large is not a motion file (a 100k-frame motion is ~40 MB).
 MAX_MOTION_BYTES = 256 * 1024 * 1024
+# {"keypoints2d": [[[x, y, c]]]} is the deepest key: 4 levels.
+MAX_JSON_DEPTH = 8
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_OPENING = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSING = np.frombuffer(b"]}", dtype=np.uint8)
 
 
 def motion_from_npz_bytes(payload: bytes) -> Motion:
@@ -33,11 +39,25 @@ def motion_from_npz_bytes(payload: bytes) -> Motion:
     return motion_from_arrays(arrays)
 
 
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest, counted without parsing it (brackets inside strings
+    are left out; on malformed text, an upper bound of what a parser would reach)."""
+    brackets = np.frombuffer(_JSON_STRING.sub("", text).encode(), dtype=np.uint8)
+    steps = np.isin(brackets, _OPENING).astype(np.int64) - np.isin(brackets, _CLOSING)
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def motion_from_json_text(text: str) -> Motion:
-    """Parse a JSON object with the motion-file keys (nested lists for arrays)."""
+    """Parse a JSON object with the motion-file keys (nested lists for arrays); its size and nesting depth are
+    checked before parsing (a deeply nested document would exhaust the parser's recursion)."""
+    if len(text) > MAX_MOTION_BYTES:
+        raise MotionError(f"motion JSON is {len(text)} characters; at most {MAX_MOTION_BYTES} are accepted")
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise MotionError(f"motion JSON nests {depth} levels deep; a motion needs at most {MAX_JSON_DEPTH}")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # malformed, or an integer beyond Python's digit limit
         raise MotionError(f"motion JSON is malformed: {err}") from None
     if not isinstance(data, dict):
         raise MotionError("motion JSON must be an object with the motion-file keys")

@@ -1,12 +1,60 @@
-"""Video files: MP4 writing with PyAV (H.264)."""
+"""Video files: MP4 writing with PyAV (H.264); reading user-supplied videos safely.
+
+A video a user supplies (an upload, a manifest's path) is only ever opened as one of `CONTAINERS`, chosen from its
+magic bytes and passed to FFmpeg as an explicit format over a Python file object: FFmpeg never probes it and never
+sees a path or URL, so no demuxer or protocol that opens other files (concat/ffconcat, HLS and other playlists,
+image2 patterns, file:, http:, MOV data references) can run. Anything else is refused, naming the field.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
+
+# Accepted containers, as the FFmpeg demuxer names forced on them (mp4: FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2" demuxer,
+# matroska: "matroska,webm").
+CONTAINERS = ("mp4", "matroska", "avi", "gif")
+ACCEPTED = "MP4/MOV, WebM/Matroska, AVI or GIF"
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
+SNIFF_BYTES = 12
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The accepted container (one of `CONTAINERS`) the first `SNIFF_BYTES` bytes of a file announce, or None."""
+    if head[4:8] in _ISO_BOXES:
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    return None
+
+
+def check_container(head: bytes, field: str, name: str = "the file") -> str:
+    """`sniff_container(head)`, or a ValueError naming `field` (e.g. for a playlist or ffconcat text file)."""
+    container = sniff_container(head)
+    if container is None:
+        raise ValueError(f"{field}: {name} is not an {ACCEPTED} video (its first bytes are {head[:SNIFF_BYTES]!r})")
+    return container
+
+
+@contextmanager
+def open_video(source: BinaryIO, field: str, name: str = "the file") -> Iterator[av.container.InputContainer]:
+    """A PyAV input container over `source` (a seekable binary file object) with its format forced from its magic
+    bytes; ValueError naming `field` when it is not an accepted container (see the module docstring)."""
+    container_format = check_container(source.read(SNIFF_BYTES), field, name)
+    source.seek(0)
+    options = {"enable_drefs": "0"} if container_format == "mp4" else {}  # MOV data references name other files
+    with av.open(source, format=container_format, options=options) as container:
+        yield container
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
@@ -34,7 +82,7 @@ def read_video(path: str | Path, field: str = "video") -> tuple[np.ndarray, floa
     if not path.is_file():
         raise FileNotFoundError(f"{field}: video not found: {path}")
     try:
-        with av.open(str(path)) as container:
+        with path.open("rb") as file, open_video(file, field, str(path)) as container:
             stream = container.streams.video[0]
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
             fps = float(stream.average_rate or stream.guessed_rate or 0)

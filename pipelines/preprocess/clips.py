@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.motion import Motion, MotionError
+from pipelines.io.video import SNIFF_BYTES, check_container
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ASPECT_TOLERANCE = 0.01
@@ -74,6 +75,12 @@ def _reader(path: str | Path):
         raise VideoError(f"video file not found: {path}")
     if path.stat().st_size == 0:
         raise VideoError(f"video file is empty (0 bytes): {path}")
+    with path.open("rb") as file:  # decord lets FFmpeg probe: never hand it a playlist or concat list
+        head = file.read(SNIFF_BYTES)
+    try:
+        check_container(head, "video", str(path))
+    except ValueError as err:
+        raise VideoError(str(err)) from None
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as err:

@@ -122,7 +122,7 @@ def test_read_pose_video_decodes_what_write_video_wrote(tmp_path):
     assert decoded.shape == frames.shape and decoded.dtype == np.uint8 and fps == 12
     assert np.abs(decoded.astype(int) - frames).mean() < 4
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    with pytest.raises(ValueError, match="pose_video: .*could not be decoded"):
+    with pytest.raises(ValueError, match="pose_video: .*is not an MP4/MOV"):
         read_video(tmp_path / "bad.mp4", "pose_video")
     with pytest.raises(FileNotFoundError):
         read_video(tmp_path / "missing.mp4")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
-from helpers import CONFIGS
+from helpers import CONFIGS, hostile_files
 
 from models.body_model import load_body_model
 from models.pose_video import render_pose_video
@@ -123,6 +123,20 @@ def test_manifest_errors_and_formats(tmp_path) -> None:
             read_render_manifest(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_render_manifest(tmp_path / "none.jsonl")
+
+
+@pytest.mark.parametrize("name", ["ffconcat", "hls", "file_url"])
+def test_prepare_refuses_a_pose_video_that_names_other_files(manifest, tmp_path, name) -> None:
+    """A manifest's pose_video that is a playlist or concat list fails its row, naming the field; nothing else is read."""
+    hostile = manifest.parent / f"{name}.mp4"
+    hostile.write_bytes(hostile_files(manifest.parent)[name])
+    (tmp_path / "m.jsonl").write_text(json.dumps(
+        {"id": "evil", "image": str(manifest.parent / "person.png"), "motion": str(manifest.parent / "walk.npz"),
+         "pose_video": str(hostile)}) + "\n")
+    row = read_render_manifest(tmp_path / "m.jsonl")[0]
+    item = items_from_table(PrepareStage(job_config(manifest, tmp_path / "out"))(pa.concat_tables(input_items([row]))))[0]
+    assert item.status == "failed" and item.stage == "prepare", item
+    assert "Error: pose_video: " in item.error and "No such file" not in item.error
 
 
 def test_demo_manifest(tmp_path) -> None:

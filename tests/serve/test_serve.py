@@ -39,7 +39,7 @@ def _args(storage: str) -> dict:
         "auth": {"required": True, "api_keys": [KEY], "api_keys_env": None},
         "limits": {"max_body_bytes": 1_000_000, "max_image_pixels": 256 * 256, "max_frames": 17, "max_steps": 1000},
         "jobs": {"heartbeat_interval_s": 0.2, "lease_timeout_s": 3, "reconcile_interval_s": 0.5, "max_attempts": 2},
-        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
+        "ingress": {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.05}},
         "generation": {
             "num_replicas": 2, "max_ongoing_requests": 8, "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02},
             "ray_actor_options": {"num_cpus": 0.2},
@@ -101,7 +101,11 @@ def wait(base: str, job_id: str, until=None, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         params = {"wait_s": 0 if until else 1}
-        job = requests.get(f"{base}/v1/videos/{job_id}", params=params, headers=AUTH, timeout=10).json()
+        response = requests.get(f"{base}/v1/videos/{job_id}", params=params, headers=AUTH, timeout=10)
+        if response.status_code == 503:  # the replica holds its share of long polls
+            time.sleep(float(response.headers["Retry-After"]))
+            continue
+        job = response.json()
         if until(job) if until else job["status"] in TERMINAL:
             return job
         assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
