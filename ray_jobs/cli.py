@@ -185,12 +185,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
     """Synthetic people clips of one split, written as a video folder the preprocessing job reads (Ray Data)."""
     from pipelines.io.config import StageResources
     from ray_jobs import synth
-    from ray_jobs.common import init_ray
+    from ray_jobs.common import init_ray, run_job
 
     init_ray()
     resources = StageResources(workers=args.workers, batch_size=4)
-    print(json.dumps(synth.run(args.out, args.clips, args.split, args.seed, args.frames, (args.height, args.width),
-                               resources)))
+    size = (args.height, args.width)
+    print(json.dumps(run_job("synth", lambda: synth.run(args.out, args.clips, args.split, args.seed, args.frames, size,
+                                                         resources))))
 
 
 def cmd_backbone_init(args: argparse.Namespace) -> None:

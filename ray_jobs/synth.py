@@ -29,7 +29,7 @@ def run(output_dir: Path, clips: int, split: str, seed: int, num_frames: int, si
         raise ValueError(f"clips: must be >= 1, got {clips}")
     resources = resources or StageResources(batch_size=4)
     data = ray.data.range(clips, override_num_blocks=max(1, min(clips, 64)))
-    data = actor_stage(data, SynthWorker, resources, (output_dir, seed, split, num_frames, size))
+    data = actor_stage(data, SynthWorker, resources, (output_dir, seed, split, num_frames, size), "synth")
     table = pa.concat_tables([RESULT_SCHEMA.empty_table(),
                               *data.iter_batches(batch_size=None, batch_format="pyarrow")])
     rows = table.to_pylist()

@@ -249,7 +249,9 @@ def test_lora_targets_come_from_the_config():
 def test_all_backbone_configs_validate():
     names = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
     assert names == ["cogvideox-5b-i2v", "cogvideox1.5-5b-i2v", "tiny-cogvideox", "tiny-cogvideox1.5", "tiny-wan",
-                     "wan2.1-i2v-14b"]
+                     "toy-cogvideox", "toy-cogvideox-init", "wan2.1-i2v-14b"]
+    toy = load_backbone_config(CONFIGS / "toy-cogvideox-init.yaml")
+    assert toy.tiny is not None and (toy.resolution, toy.num_frames) == ((64, 96), 25)
     real = load_backbone_config(CONFIGS / "cogvideox1.5-5b-i2v.yaml")
     assert (real.path, real.num_frames, real.resolution) == (Path("weights/CogVideoX1.5-5B-I2V"), 81, (768, 1360))
 
