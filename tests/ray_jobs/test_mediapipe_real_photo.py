@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 import ray.cloudpickle
 import ray.data
-
 from helpers import VIDEOS_TINY
+
 from pipelines.io.config import StageResources, load_config
 from pipelines.io.video import write_video
 from pipelines.preprocess.clips import decode_frames

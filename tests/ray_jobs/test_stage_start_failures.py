@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import ray.exceptions
 import yaml
+from helpers import ROOT, VIDEOS_TINY
 
 from pipelines.io.config import load_config
 from pipelines.io.manifest import list_videos
@@ -21,7 +22,6 @@ from pipelines.preprocess.config import VideoJobConfig
 from pipelines.training.config import TrainJobConfig
 from ray_jobs import preprocess
 from ray_jobs.common import stage_failure
-from helpers import ROOT, VIDEOS_TINY
 
 pytestmark = pytest.mark.ray
 

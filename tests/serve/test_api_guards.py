@@ -21,7 +21,7 @@ from helpers import hostile_files
 from pipelines.demo.motions import make_demo_motion
 from serve.api import build_api
 from serve.auth import ApiKeys
-from serve.config import AuthSettings, ServeConfig
+from serve.config import ServeConfig
 from serve.jobs import GenerationParams, JobRecord, JobStore, Storage, new_job_id
 from serve.requests import BackboneInfo, Upload
 from serve.service import JobService

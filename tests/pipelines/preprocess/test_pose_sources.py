@@ -22,8 +22,8 @@ from pipelines.io.video import write_video
 from pipelines.preprocess.keypoint_estimators import (
     BLAZEPOSE_TO_COCO17,
     DWPOSE_MODEL_NAME,
-    DWPoseOnnxEstimator,
     MEDIAPIPE_LANDMARK_DIR,
+    DWPoseOnnxEstimator,
     MediaPipeEstimator,
     blazepose_to_coco17,
     decode_simcc,
