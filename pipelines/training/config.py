@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 def resolve_backbone(value: Any) -> dict[str, Any]:
     """A backbone config as a validated mapping, from a YAML path, a name under configs/backbones/, or a mapping."""
     if isinstance(value, dict):
-        return BackboneConfig.model_validate(value).model_dump(mode="json")
+        return _with_absolute_path(BackboneConfig.model_validate(value).model_dump(mode="json"))
     if not isinstance(value, (str, Path)):
         # A ValueError, not a TypeError: pydantic reports ValueErrors as field errors.
         raise ValueError(f"expected a backbone YAML path or name, got {type(value).__name__}")  # noqa: TRY004
@@ -36,7 +36,15 @@ def resolve_backbone(value: Any) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem for p in BACKBONE_CONFIGS.glob("*.yaml"))
         raise ValueError(f"unknown backbone {str(value)!r}: neither a YAML file nor one of {known}")
-    return BackboneConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
+    return _with_absolute_path(BackboneConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json"))
+
+
+def _with_absolute_path(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's weights folder as an absolute path, resolved where the job is launched: Ray Train workers
+    run in other working directories (as `output_dir`, it must be a path every worker can reach)."""
+    if backbone.get("path"):
+        backbone["path"] = str(Path(backbone["path"]).resolve())
+    return backbone
 
 
 class DataSettings(_Strict):

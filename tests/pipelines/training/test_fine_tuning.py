@@ -143,3 +143,11 @@ def test_a_full_fine_tune_trains_and_exports_the_whole_transformer(tmp_path) -> 
     reloaded = CogVideoXTransformer3DModel.from_pretrained(tmp_path / "export" / "transformer")
     assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), transformer, strict=True))
     assert sorted(path.name for path in (tmp_path / "export").iterdir()) == ["motion_decoder.safetensors", "transformer"]
+
+
+def test_the_backbone_folder_is_resolved_where_the_job_starts(tmp_path, monkeypatch) -> None:
+    """Ray Train workers run in other working directories: a relative `path:` must not reach them relative."""
+    monkeypatch.chdir(ROOT)
+    config = load_config(TrainJobConfig, ROOT / "configs" / "train" / "toy-humandiff.yaml")
+    assert config.backbone["path"] == str(ROOT / "weights" / "toy-cogvideox")
+    assert config.backbone_config().path == ROOT / "weights" / "toy-cogvideox"
