@@ -5,18 +5,13 @@ Wan latents are `[B, C, F, h, w]`; this adapter permutes to and from `[B, F, C, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKLWan,
-    FlowMatchEulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-    WanImageToVideoPipeline,
-    WanTransformer3DModel,
-)
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import (
@@ -32,6 +27,17 @@ from transformers import (
 from .base import BackboneAdapter, Conditioning, model_files
 from .config import BackboneConfig
 from .registry import register_adapter
+
+# diffusers' Wan pipeline module imports transformers' CLIPImageProcessor, which without torchvision (deliberately
+# not a dependency, DESIGN.md) falls back to CLIPImageProcessorPil with a warning on every start. This adapter
+# builds the PIL processor itself, so the warning tells a user nothing: keep it out of their logs.
+_transformers_imports = logging.getLogger("transformers.utils.import_utils")
+_level = _transformers_imports.level
+_transformers_imports.setLevel(logging.ERROR)
+try:
+    from diffusers import WanImageToVideoPipeline
+finally:
+    _transformers_imports.setLevel(_level)
 
 # The released I2V checkpoints' scheduler config (UniPC on flow sigmas).
 _SCHEDULER_CONFIG = {
