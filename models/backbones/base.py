@@ -54,6 +54,17 @@ def model_files(subfolder: str, what: str) -> dict[str, str]:
     return {f"{subfolder}/config.json": f"the {what} config", f"{subfolder}/*.safetensors": f"the {what} weights"}
 
 
+def _load_transformer(model_class: type, config: BackboneConfig) -> nn.Module:
+    """The transformer of `config.transformer` (a folder as `save_pretrained` writes it) in place of the backbone's."""
+    folder = Path(config.transformer)
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"transformer: '{folder}' needs the transformer's config.json and *.safetensors weights (a "
+            "`transformer/` folder of a diffusers backbone, or a full fine-tune's export/transformer)"
+        )
+    return model_class.from_pretrained(folder, torch_dtype=config.torch_dtype, local_files_only=True)
+
+
 class BackboneAdapter(ABC):
     """One backbone family: its latent layout, frame rule, conditioning, noise schedule and LoRA targets."""
 
@@ -103,6 +114,8 @@ class BackboneAdapter(ABC):
         else:
             cls.check_folder(config.path, config.variant)
             components = cls._load_components(Path(config.path), config)
+        if config.transformer is not None:
+            components["transformer"] = _load_transformer(type(components["transformer"]), config)
         return cls(cls.pipeline_class(**components), config, device)
 
     @classmethod

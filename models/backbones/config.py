@@ -107,6 +107,10 @@ class BackboneConfig(BaseModel):
     variant: str
     path: Path | None = Field(None, description="diffusers-format folder with the released weights")
     tiny: TinySettings | None = None
+    transformer: Path | None = Field(
+        None, description="a transformer folder used in place of the backbone's own (e.g. one ablation variant "
+        "beside a shared VAE and text encoder, or a full fine-tune's export/transformer)"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     resolution: tuple[int, int] | None = Field(None, description="(height, width) in pixels; None means the default")
     num_frames: int | None = Field(None, description="training/sampling window; None means the default")

@@ -40,10 +40,11 @@ def resolve_backbone(value: Any) -> dict[str, Any]:
 
 
 def _with_absolute_path(backbone: dict[str, Any]) -> dict[str, Any]:
-    """The backbone's weights folder as an absolute path, resolved where the job is launched: Ray Train workers
-    run in other working directories (as `output_dir`, it must be a path every worker can reach)."""
-    if backbone.get("path"):
-        backbone["path"] = str(Path(backbone["path"]).resolve())
+    """The backbone's weights folders as absolute paths, resolved where the job is launched: Ray Train workers
+    run in other working directories (as `output_dir`, they must be paths every worker can reach)."""
+    for key in ("path", "transformer"):
+        if backbone.get(key):
+            backbone[key] = str(Path(backbone[key]).resolve())
     return backbone
 
 

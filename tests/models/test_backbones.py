@@ -291,3 +291,23 @@ def test_negative_conditioning_for_guidance():
     assert torch.equal(conditioning.negative().image_latents, conditioning.image_latents)
     with pytest.raises(ValueError, match="negative_prompt"):
         adapter.encode_conditioning(reference_image(), "a person", 9).negative()
+
+
+def test_a_transformer_folder_replaces_the_backbones_own(tmp_path):
+    """Variants share one VAE and text encoder: `transformer:` swaps in another trained transformer."""
+    adapter = tiny("tiny-cogvideox")
+    adapter.save_pretrained(tmp_path / "backbone")
+    with torch.no_grad():
+        for parameter in adapter.transformer.parameters():
+            parameter.mul_(0.5)
+    adapter.transformer.save_pretrained(tmp_path / "variant")
+    settings = dict(dtype=torch.float32, resolution=adapter.resolution, num_frames=adapter.num_frames)
+    swapped = CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", transformer=tmp_path / "variant",
+                                               **settings)
+    own = CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", **settings)
+    pairs = zip(swapped.transformer.parameters(), own.transformer.parameters(), adapter.transformer.parameters())
+    for variant, original, halved in pairs:
+        assert torch.equal(variant, halved) and torch.equal(variant * 2, original)
+    assert torch.equal(swapped.vae.decoder.conv_out.conv.weight, own.vae.decoder.conv_out.conv.weight)
+    with pytest.raises(FileNotFoundError, match="transformer: .*config.json"):
+        CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", transformer=tmp_path, **settings)
