@@ -50,7 +50,7 @@ class VaeTrainConfig(BaseModel):
     def _odd_latent_frames(cls, value: int) -> int:
         # The CogVideoX VAE's causal decoder gives 1 + 4 (n - 1) frames only for an odd count n of latent frames.
         if value % 8 != 1:
-            raise ValueError(f"must be 8k+1 (9, 17, 25, ...) so the clip has an odd number of latent frames, got {value}")
+            raise ValueError(f"must be 8k+1 (9, 17, 25, ...) for an odd number of latent frames, got {value}")
         return value
 
 
