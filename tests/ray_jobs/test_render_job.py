@@ -18,13 +18,7 @@ from pipelines.articulated_noise import video_noise_operator
 from pipelines.demo.manifest import write_demo_manifest
 from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.render_manifest import RenderJobConfig, read_render_manifest
-from pipelines.generation.render_stages import (
-    EncodeStage,
-    GenerateStage,
-    PrepareStage,
-    input_items,
-    items_from_table,
-)
+from pipelines.generation.render_stages import EncodeStage, GenerateStage, PrepareStage, input_items, items_from_table
 from pipelines.generation.render_store import METADATA_NAME, METADATA_SCHEMA
 from pipelines.io.config import RESOLVED_CONFIG_NAME
 from pipelines.io.manifest import ManifestError
