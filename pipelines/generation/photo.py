@@ -36,6 +36,7 @@ from pipelines.preprocess.clips import (
     CropBox,
     VideoError,
     centre_box,
+    crop_transform,
     keypoint_bounds,
     largest_box,
     mask_bounds,
@@ -154,10 +155,12 @@ class PhotoIntake(BaseModel):
 
 @dataclass(frozen=True)
 class Photo:
-    """The photo at the output size and the record of its intake."""
+    """The photo at the output size, the record of its intake, and the detector's keypoints `[J, 3]` in output
+    pixels (x, y, confidence; None when no detector ran): where the person stands, for retargeting a motion."""
 
     pixels: np.ndarray
     intake: PhotoIntake
+    keypoints: np.ndarray | None = None
 
 
 # Reading
@@ -216,14 +219,18 @@ def flattened(
 # Locating the person
 
 
-def _detected_bounds(
-    rgb: np.ndarray, estimator: KeypointEstimator, threshold: float
-) -> tuple[float, float, float, float]:
+def detect_keypoints(rgb: np.ndarray, estimator: KeypointEstimator) -> np.ndarray:
+    """The estimator's keypoints `[J, 3]` of the photo, in its pixels."""
     keypoints = np.asarray(estimator(rgb[None]), dtype=np.float64)
     if keypoints.ndim != 3 or keypoints.shape[0] != 1 or keypoints.shape[-1] != 3:
         raise PhotoError(f"image: the keypoint estimator returned shape {list(keypoints.shape)}, expected [1, J, 3]")
+    return keypoints[0]
+
+
+def _keypoint_bounds(keypoints: np.ndarray, image_size: tuple[int, int], threshold: float
+                     ) -> tuple[float, float, float, float]:
     try:
-        return keypoint_bounds(keypoints, rgb.shape[:2], threshold)
+        return keypoint_bounds(keypoints[None], image_size, threshold)
     except VideoError:
         raise PhotoError(
             f"image: the person detector (keypoint estimator) found no person in the photo (no keypoint with "
@@ -251,15 +258,15 @@ def _cut_note(box: CropBox, bounds: tuple[float, float, float, float]) -> str | 
 
 def crop_box(
     rgb: np.ndarray, alpha: np.ndarray | None, size: tuple[int, int], options: PhotoOptions,
-    estimator: KeypointEstimator | None,
+    keypoints: np.ndarray | None,
 ) -> tuple[CropBox, Method, str | None]:
     """The crop box (`fit: crop` or `centre`), what placed it, and a note."""
     image_size = rgb.shape[:2]
     if options.fit == "centre":
         return centre_box(image_size, size), "centre", "fit: centre: no person detector ran"
     bounds, method = None, "centre"
-    if estimator is not None:
-        bounds, method = _detected_bounds(rgb, estimator, options.keypoint_threshold), "keypoints"
+    if keypoints is not None:
+        bounds, method = _keypoint_bounds(keypoints, image_size, options.keypoint_threshold), "keypoints"
     elif alpha is not None:
         bounds = _alpha_bounds(alpha)
         method = "centre" if bounds is None else "alpha"
@@ -310,18 +317,27 @@ def prepare_photo(
     rgb, alpha = flattened(image, options.background)
     if estimator is None and options.fit == "crop":
         estimator = photo_detector(options)
+    keypoints = None
     if options.fit == "pad":
         pixels, box = _pad(rgb, size, options.background)
         method, note = "pad", "fit: pad: the whole photo, letterboxed; no person detector ran"
     else:
-        box, method, note = crop_box(rgb, alpha, size, options, estimator)
+        keypoints = None if estimator is None or options.fit == "centre" else detect_keypoints(rgb, estimator)
+        box, method, note = crop_box(rgb, alpha, size, options, keypoints)
         pixels = _crop(rgb, box, size)
     intake = PhotoIntake(
         fit=options.fit, method=method, **{k: v for k, v in zip(("x0", "y0", "width", "height"), box.as_list())},
         source_height=rgb.shape[0], source_width=rgb.shape[1], orientation=orientation,
         flattened=alpha is not None, note=note,
     )
-    return Photo(pixels, intake)
+    return Photo(pixels, intake, None if keypoints is None else _to_output(keypoints, box, size, rgb.shape[:2]))
+
+
+def _to_output(keypoints: np.ndarray, box: CropBox, size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """Keypoints `[J, 3]` from photo pixels to output pixels (the box scaled to the output)."""
+    transform = crop_transform(box, size, image_size, image_size)
+    points = np.concatenate([keypoints[:, :2], np.ones_like(keypoints[:, :1])], axis=-1) @ transform.T
+    return np.concatenate([points[:, :2], keypoints[:, 2:]], axis=-1)
 
 
 def photo_options(fields: dict[str, Any], base: PhotoOptions | None = None) -> PhotoOptions:
