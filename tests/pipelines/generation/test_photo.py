@@ -90,7 +90,8 @@ def test_a_detector_places_the_box_or_says_it_found_no_person():
     photo = prepare_photo(portrait_photo(), LANDSCAPE, estimator=FakeEstimator(0.9))
     assert photo.intake.method == "keypoints" and photo.intake.box() == CropBox(0, 40, 60, 40)
     assert "cuts the person" in photo.intake.note
-    # the keypoints follow the crop into output pixels: x 6 -> (6 + 0.5) * 48 / 60 - 0.5, y 22 -> (22 - 40 + 0.5) * 0.8 - 0.5
+    # the keypoints follow the crop into output pixels (scale 0.8):
+    # x 6 -> (6 + 0.5) * 0.8 - 0.5, y 22 -> (22 - 40 + 0.5) * 0.8 - 0.5
     np.testing.assert_allclose(photo.keypoints[0], [4.7, -14.5, 0.9])
     tight = prepare_photo(portrait_photo(), (64, 32), PhotoOptions(margin=0.2), estimator=FakeEstimator(0.9))
     assert tight.intake.box().height < 120 and tight.intake.note is None
