@@ -7,7 +7,8 @@ plus a record of what was done to it. `humanim generate`, the render job and the
    default); the alpha channel is kept to locate the person.
 3. The photo is fitted to the output's aspect ratio:
    - `fit: crop` (default): the largest box of the output's aspect ratio around the person (or, with `margin`, the
-     preprocessing job's person box: the person's extent plus `margin` times its longer side on each side). The
+     preprocessing job's person box: the person's extent plus `margin` times its longer side on each side); a box
+     shorter than the person keeps their top (the face, with HEADROOM) rather than their middle. The
      person is located, in order, from a keypoint estimator (`detector`, or one passed in), from the alpha
      channel, else the box is centred and the record notes that no person detector ran. A detector, or an alpha
      channel, that finds no person is an error saying so, never a silent misplacement.
@@ -22,6 +23,7 @@ photo's pixels (a keypoint, a pose) to the output's: see `pipelines.preprocess.c
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ Fit = Literal["crop", "centre", "pad"]
 Method = Literal["keypoints", "alpha", "centre", "pad"]
 ORIENTATION_TAG = 0x0112
 ALPHA_THRESHOLD = 127  # alpha above this is the person
+HEADROOM = 0.1  # above the person's top, times the box height, when the box cannot hold the whole person
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 SKIP_DETECTION = "use fit: pad (letterbox the whole photo) or fit: centre (centre crop) to skip person detection"
 
@@ -249,6 +252,15 @@ def _alpha_bounds(alpha: np.ndarray) -> tuple[float, float, float, float] | None
     return mask_bounds(person[None])
 
 
+def _keep_head(box: CropBox, bounds: tuple[float, float, float, float], image_size: tuple[int, int]) -> CropBox:
+    """A box shorter than the person keeps the person's top (the face) with some headroom, not their middle."""
+    top, bottom = bounds[1], bounds[3]
+    if bottom - top <= box.height:
+        return box
+    y0 = int(np.clip(round(top + 0.5 - HEADROOM * box.height), 0, image_size[0] - box.height))
+    return dataclasses.replace(box, y0=y0)
+
+
 def _cut_note(box: CropBox, bounds: tuple[float, float, float, float]) -> str | None:
     x0, y0, x1, y1 = bounds
     inside = (x0 >= box.x0 - 0.5 and y0 >= box.y0 - 0.5 and x1 <= box.x0 + box.width - 0.5
@@ -277,6 +289,7 @@ def crop_box(
         box = largest_box(((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2), image_size, size)
     else:
         box = person_box(bounds, image_size, size, options.margin)
+    box = _keep_head(box, bounds, image_size)
     return box, method, _cut_note(box, bounds)
 
 

@@ -56,7 +56,7 @@ def test_rgba_is_flattened_and_its_alpha_places_the_box(tmp_path):
     photo = prepare_photo(read_image(tmp_path / "cut-out.png"), (32, 32), PhotoOptions(background="#00ff00"))
     intake = photo.intake
     assert (intake.method, intake.flattened, intake.fit) == ("alpha", True, "crop")
-    assert (intake.x0, intake.y0, intake.width, intake.height) == (0, 30, 60, 60)  # centred on rows 20-99
+    assert (intake.x0, intake.y0, intake.width, intake.height) == (0, 14, 60, 60)  # rows 20-99: keeps the top
     assert tuple(photo.pixels[0, -1]) == (0, 255, 0) and photo.pixels[16, 8, 0] > 200
     assert "cuts the person" in intake.note  # 80 rows tall in a 60-row box
 
@@ -88,11 +88,11 @@ class FakeEstimator:
 
 def test_a_detector_places_the_box_or_says_it_found_no_person():
     photo = prepare_photo(portrait_photo(), LANDSCAPE, estimator=FakeEstimator(0.9))
-    assert photo.intake.method == "keypoints" and photo.intake.box() == CropBox(0, 40, 60, 40)
+    assert photo.intake.method == "keypoints" and photo.intake.box() == CropBox(0, 18, 60, 40)  # head kept
     assert "cuts the person" in photo.intake.note
     # the keypoints follow the crop into output pixels (scale 0.8):
-    # x 6 -> (6 + 0.5) * 0.8 - 0.5, y 22 -> (22 - 40 + 0.5) * 0.8 - 0.5
-    np.testing.assert_allclose(photo.keypoints[0], [4.7, -14.5, 0.9])
+    # x 6 -> (6 + 0.5) * 0.8 - 0.5, y 22 -> (22 - 18 + 0.5) * 0.8 - 0.5
+    np.testing.assert_allclose(photo.keypoints[0], [4.7, 3.1, 0.9])
     tight = prepare_photo(portrait_photo(), (64, 32), PhotoOptions(margin=0.2), estimator=FakeEstimator(0.9))
     assert tight.intake.box().height < 120 and tight.intake.note is None
     with pytest.raises(PhotoError, match="found no person in the photo.*fit: pad.*fit: centre"):
