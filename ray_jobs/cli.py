@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:  # ImportError: an optional backend (a detector)
         print(f"humanim {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 

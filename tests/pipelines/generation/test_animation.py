@@ -260,3 +260,13 @@ def test_generate_command_takes_phone_rgba_and_portrait_photos(tmp_path, landsca
         "pad", "pad", -37, 0, 135, 90)
     frames, _ = read_video(tmp_path / "c.mp4")
     assert frames.shape == (9, 32, 48, 3)
+
+    # A configured detector that cannot run is a clear error, before any video is written.
+    for detector, message in ([["--detector", "dwpose"], "needs dwpose_model"],
+                              [["--detector", "dwpose", "--dwpose-model", str(tmp_path / "no.onnx")],
+                               "DWPose model not found"]):
+        with pytest.raises(SystemExit):
+            photo_report(capsys, "--image", str(tmp_path / "portrait.png"), *common, *detector,
+                         "--out", str(tmp_path / "d.mp4"))
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "d.mp4").exists()
