@@ -339,7 +339,7 @@ def prepare_photo(
         box, method, note = crop_box(rgb, alpha, size, options, keypoints)
         pixels = _crop(rgb, box, size)
     intake = PhotoIntake(
-        fit=options.fit, method=method, **{k: v for k, v in zip(("x0", "y0", "width", "height"), box.as_list())},
+        fit=options.fit, method=method, x0=box.x0, y0=box.y0, width=box.width, height=box.height,
         source_height=rgb.shape[0], source_width=rgb.shape[1], orientation=orientation,
         flattened=alpha is not None, note=note,
     )
