@@ -172,15 +172,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
     """Animate a reference image with a motion and/or a pose video; writes an MP4."""
     from models.body_model import load_body_model
     from pipelines.generation.animation import AnimationPipeline
-    from pipelines.generation.frames import read_image
+    from pipelines.generation.photo import photo_options, prepare_photo, read_image
 
+    detector = None if args.detector is None else {"keypoint_backend": args.detector, "dwpose_model": args.dwpose_model}
+    options = photo_options({"fit": args.fit, "background": args.background, "margin": args.margin,
+                             "detector": detector})
     image = read_image(args.image)
     body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None
     pipeline = AnimationPipeline.from_config(
         args.backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body
     )
+    photo = prepare_photo(image, pipeline.adapter.resolution, options)
     output = pipeline(
-        image,
+        photo.pixels,
         args.prompt,
         motion=args.motion,
         pose_video=args.pose_video,
@@ -196,7 +200,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         output_path=args.out,
     )
     frames, height, width, _ = output.frames.shape
-    print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps}))
+    print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps,
+                      "photo": photo.intake.model_dump()}))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -308,7 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     generate = commands.add_parser("generate", help=cmd_generate.__doc__)
-    generate.add_argument("--image", type=Path, required=True, help="reference image (RGB or grayscale)")
+    generate.add_argument("--image", type=Path, required=True,
+                          help="reference photo (any size; EXIF orientation applied, transparency flattened)")
+    generate.add_argument("--fit", choices=("crop", "centre", "pad"), default="crop",
+                          help="crop around the person (default), centre crop, or pad (letterbox) to the output")
+    generate.add_argument("--background", default="255,255,255",
+                          help="'r,g,b' or '#rrggbb' under transparency and in pad bands (default white)")
+    generate.add_argument("--margin", type=float,
+                          help="crop to the person's extent plus this times its longer side (default: largest box)")
+    generate.add_argument("--detector", choices=("dwpose", "mediapipe"),
+                          help="keypoint estimator that locates the person for --fit crop (default: none)")
+    generate.add_argument("--dwpose-model", type=Path, help="DWPose's ONNX file for --detector dwpose")
     generate.add_argument("--motion", type=Path, help="motion file (.npz or .json)")
     generate.add_argument("--pose-video", type=Path, help="driving skeleton video (used with --padaln)")
     generate.add_argument("--prompt", default="", help="caption of the video")
@@ -362,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:  # ImportError: an optional backend (a detector)
         print(f"humanim {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -134,7 +134,9 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         request: Request,
         response: Response,
         client: Client,
-        image: Annotated[UploadFile, File(description="reference image (PNG, JPEG or WebP; RGB or grayscale)")],
+        image: Annotated[UploadFile, File(
+            description="reference photo (PNG, JPEG or WebP; any size, EXIF orientation and transparency handled)"
+        )],
         motion: Annotated[UploadFile | None, File(description="motion .npz (see DESIGN.md, 'Motion file')")] = None,
         motion_json: Annotated[str | None, Form(description="the motion as a JSON object, instead of the file")] = None,
         pose_video: Annotated[UploadFile | None, File(description="driving skeleton video")] = None,
@@ -147,6 +149,8 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         seed: Annotated[int | None, Form(description="default: drawn by the server and recorded")] = None,
         articulated_noise: Annotated[bool | None, Form(description="default: on when a motion is given")] = None,
         backbone: Annotated[str | None, Form(description="one of the served backbones")] = None,
+        fit: Annotated[str | None, Form(description="crop (around the person, default), centre or pad")] = None,
+        background: Annotated[str | None, Form(description="'r,g,b' or '#rrggbb': transparency, pad bands")] = None,
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY,
                                description="a retried POST with the same key returns the same job")
@@ -161,7 +165,7 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         fields = {
             "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames, "steps": steps,
             "guidance": guidance, "gamma": gamma, "seed": seed, "articulated_noise": articulated_noise,
-            "backbone": backbone,
+            "backbone": backbone, "fit": fit, "background": background,
         }
         check_form(await request.form(), {*fields, *UPLOAD_FIELDS}, limits)  # FastAPI's parse, cached
         upload = Upload(await image.read(), await read(motion), motion_json, await read(pose_video), fields)

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pipelines.generation.photo import PhotoOptions
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -182,6 +184,9 @@ class ServeConfig(_Strict):
     default_backbone: str | None = Field(None, description="None means the first one listed")
     noise_options: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig fields (texture_size, ...)")
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    photo: PhotoOptions = Field(
+        default_factory=PhotoOptions, description="how reference photos are fitted; requests may set fit and background"
+    )
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: Limits = Field(default_factory=Limits)
     jobs: JobSettings = Field(default_factory=JobSettings)
@@ -200,6 +205,13 @@ class ServeConfig(_Strict):
                 f"limits.max_waiting_polls ({self.limits.max_waiting_polls}) must be below ingress.max_ongoing_requests "
                 f"({slots}), or waiting polls can take every slot and /healthz goes unanswered"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _no_photo_detector(self) -> ServeConfig:
+        if self.photo.detector is not None:
+            raise ValueError("photo.detector: the API runs no person detector (the ingress would run it on every "
+                             "upload); leave it unset: RGBA uploads are placed by their alpha, others centred")
         return self
 
     @model_validator(mode="after")

@@ -29,6 +29,8 @@ from typing import Any, Literal
 import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
+from pipelines.generation.photo import PhotoIntake
+
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Deployment = Literal["generation", "long_video"]
@@ -76,6 +78,7 @@ class GenerationParams(BaseModel):
     articulated_noise: bool
     fps: float | None = Field(None, description="None: the pipeline's default")
     inputs: list[str] = Field(description="input files stored with the job (image.npy, motion.npz, pose_video.npy)")
+    photo: PhotoIntake | None = Field(None, description="how the reference photo was fitted: its box and method")
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with the same key can run in one batch."""

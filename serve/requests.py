@@ -21,10 +21,12 @@ from typing import Any
 import av
 import numpy as np
 import PIL.Image
+from pydantic import ValidationError
 
 from models.backbones import VariantSpec, load_backbone_config
 from models.motion import Motion, MotionError
-from pipelines.generation.frames import image_pixels, pose_video_pixels
+from pipelines.generation.frames import pose_video_pixels
+from pipelines.generation.photo import Photo, PhotoOptions, photo_options, prepare_photo
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from pipelines.io.video import open_video
 from serve.config import BackboneEntry, Limits, ServeConfig, project_path
@@ -103,8 +105,9 @@ def _too_many_pixels(size: str, limits: Limits) -> RequestError:
     return RequestError(f"image: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
 
 
-def decode_image(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarray:
-    """The reference image as uint8 `[H, W, 3]` at `size`; its pixel count is checked before decoding."""
+def decode_image(data: bytes, limits: Limits, size: tuple[int, int], options: PhotoOptions | None = None) -> Photo:
+    """The reference photo fitted to `size` (uint8 `[H, W, 3]`) and its intake; its pixel count is checked before
+    decoding."""
     try:
         image = PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except PIL.Image.DecompressionBombError as err:  # PIL's own, larger limit, checked from the header too
@@ -120,7 +123,7 @@ def decode_image(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarr
             image.load()
         except (OSError, ValueError) as err:
             raise RequestError(f"image: could not be decoded: {err}") from None
-        return image_pixels(image, size)
+        return prepare_photo(image, size, options)
 
 
 def _check_npz_size(data: bytes, limit: int) -> None:
@@ -218,6 +221,15 @@ def _num_frames(requested: int | None, available: int, backbone: BackboneInfo, l
     return requested
 
 
+def _photo_options(fields: dict[str, Any], config: ServeConfig) -> PhotoOptions:
+    """The config's photo options with the request's `fit` and `background`."""
+    try:
+        return photo_options({key: fields.get(key) for key in ("fit", "background")}, config.photo)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        raise RequestError(f"{problem['loc'][0]}: {problem['msg']}") from None
+
+
 def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config: ServeConfig) -> Submission:
     """Check and resolve a request; RequestError says what is wrong."""
     fields, limits, defaults = upload.fields, config.limits, config.defaults
@@ -235,7 +247,7 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     seed = fields.get("seed")
     seed = secrets.randbelow(MAX_SEED) if seed is None else int(_number(fields, "seed", 0, 0, MAX_SEED))
     try:
-        image = decode_image(upload.image, limits, backbone.resolution)
+        photo = decode_image(upload.image, limits, backbone.resolution, _photo_options(fields, config))
         motion = decode_motion(upload.motion, upload.motion_json, limits)
         pose_video, video_fps = (None, None) if upload.pose_video is None else decode_pose_video(
             upload.pose_video, limits, backbone.resolution
@@ -257,7 +269,7 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     available = motion.num_frames if motion is not None else len(pose_video)
     num_frames = _num_frames(fields.get("num_frames"), available, backbone, limits)
 
-    inputs = {"image.npy": _npy(image)}
+    inputs = {"image.npy": _npy(photo.pixels)}
     if motion is not None:
         inputs["motion.npz"] = _npz(motion.slice(0, num_frames).to_arrays())
     if pose_video is not None:
@@ -274,5 +286,6 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
         articulated_noise=articulated,
         fps=motion.fps if motion is not None else video_fps or None,
         inputs=sorted(inputs),
+        photo=photo.intake,
     )
     return Submission(params, "long_video" if num_frames > backbone.window else "generation", inputs)

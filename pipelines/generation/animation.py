@@ -1,11 +1,11 @@
 """The animation (inference) pipeline: reference image + motion and/or pose video + prompt -> video.
 
 Input rules (each broken rule is a ValueError that starts with the field's name):
-- `image`: a PIL image or a uint8 array `[H, W, 3]`. RGB is taken as is and grayscale (mode L, or `[H, W]`)
-  is replicated to RGB; RGBA and other modes are refused, since what shows through transparency is the
-  caller's choice. An image of another size is resized (bicubic) to the output resolution when its aspect
-  ratio is within 1% of it, and refused otherwise: stretching or cropping the person is left to the caller.
-- `pose_video`: uint8 frames `[T, H, W, 3]` or a video file; resized like the image.
+- `image`: a PIL image or a uint8 array `[H, W, 3]`, `[H, W, 4]` (RGBA) or `[H, W]`, of any size: fitted to the
+  output by `pipelines.generation.photo.prepare_photo` with its defaults (EXIF orientation applied, transparency on
+  white, the largest box of the output's aspect ratio around the person located from the alpha channel, else
+  centred). Callers that want other options or the intake record prepare the photo first and pass its pixels.
+- `pose_video`: uint8 frames `[T, H, W, 3]` or a video file; resized to the output (same aspect ratio within 1%).
 - `motion`: a `Motion` or a motion file; validated against the motion contract (no NaN or inf).
 - `num_frames`: a count the backbone takes (its adapter's `check_num_frames`); by default the longest one
   the driving input covers. Motion and pose video must have the same length when both are given.
@@ -34,8 +34,9 @@ from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN
 from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.generation.frames import image_pixels, pose_video_pixels, to_model_pixels, to_uint8
+from pipelines.generation.frames import pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
+from pipelines.generation.photo import prepare_photo
 from pipelines.io.motion import load_motion
 from pipelines.io.video import read_video, write_video
 
@@ -210,7 +211,7 @@ class AnimationPipeline:
         count = self._num_frames(num_frames, motion.num_frames if motion is not None else len(pose_video))
         fps = fps or (motion.fps if motion is not None else video_fps) or DEFAULT_FPS
         return _Request(
-            image=image_pixels(image, size),
+            image=prepare_photo(image, size).pixels,
             motion=motion,
             pose_video=None if pose_video is None else pose_video[:count],
             num_frames=count,

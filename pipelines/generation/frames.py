@@ -1,9 +1,7 @@
-"""Frame arrays at the model boundary: reference images and pose videos checked and sized for the output
-resolution, and uint8 frames to and from the [-1, 1] pixels the backbones take."""
+"""Frame arrays at the model boundary: pose videos checked and sized for the output resolution, and uint8 frames
+to and from the [-1, 1] pixels the backbones take (reference photos: `pipelines.generation.photo`)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -25,37 +23,6 @@ def _resized(frames: np.ndarray, size: tuple[int, int], field: str) -> np.ndarra
     flat = frames.reshape(-1, height, width, 3)
     resized = [np.asarray(PIL.Image.fromarray(f).resize(size[::-1], PIL.Image.Resampling.BICUBIC)) for f in flat]
     return np.stack(resized).reshape(*frames.shape[:-3], *size, 3)
-
-
-def read_image(path: str | Path) -> PIL.Image.Image:
-    """A reference image file, opened and loaded (its mode is checked by `image_pixels`)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image: file not found: {path}")
-    try:
-        with PIL.Image.open(path) as opened:
-            return opened.copy()
-    except PIL.UnidentifiedImageError:
-        raise ValueError(f"image: {path} is not an image file PIL can read") from None
-
-
-def image_pixels(image: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The reference image as uint8 `[H, W, 3]` at `size`, by the rules in the module docstring."""
-    if isinstance(image, PIL.Image.Image):
-        if image.mode not in ("RGB", "L"):
-            raise ValueError(
-                f"image: mode {image.mode} is not accepted; pass RGB (L is converted), e.g. flatten RGBA onto a "
-                "background with Image.alpha_composite and .convert('RGB')"
-            )
-        image = np.asarray(image.convert("RGB"))
-    elif not isinstance(image, np.ndarray):
-        raise ValueError(f"image: expected a PIL image or a uint8 array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image: expected uint8 pixels, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"image: expected shape [H, W, 3] (RGB) or [H, W] (gray), got {list(image.shape)}")
-    return _resized(image, size, "image")
 
 
 def pose_video_pixels(pose_video: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -3,7 +3,9 @@
 Manifest (Parquet, JSONL or CSV), one row per video; relative paths are relative to the manifest's folder:
 
     id          required, unique, a file stem (letters, digits, '.', '_', '-'): the video is videos/<id>.mp4
-    image       required: the reference image (RGB or grayscale)
+    image       required: the reference photo (any size, mode and EXIF orientation; see pipelines/generation/photo.py)
+    fit, background    optional per row: how the photo is fitted (crop, centre, pad) and its background colour
+                       ([r, g, b], "r,g,b" or "#rrggbb"); an empty cell takes the config's `photo:`
     motion      a motion file (.npz/.json) and/or
     pose_video  a skeleton video (drives the video through PadaLN, so it needs `padaln` unless a motion is given)
     prompt, negative_prompt
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.articulated_noise import BodyConfig
+from pipelines.generation.photo import Fit, PhotoOptions
 from pipelines.io.config import StageResources
 from pipelines.io.manifest import ManifestError, manifest_rows
 
@@ -76,6 +79,7 @@ class RenderJobConfig(BaseModel):
     body: BodyConfig = BodyConfig()
     noise: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig options (texture_size, ...)")
     defaults: RenderDefaults = RenderDefaults()
+    photo: PhotoOptions = Field(PhotoOptions(), description="how reference photos are fitted (rows may override)")
     resources: RenderResources = RenderResources()
     progress_interval_s: float = Field(10.0, gt=0)
 
@@ -113,6 +117,8 @@ class RenderRow(BaseModel):
     guidance: float | None = Field(None, ge=1)
     gamma: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
+    fit: Fit | None = None
+    background: tuple[int, int, int] | str | None = None
 
 
 # The manifest

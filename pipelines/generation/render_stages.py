@@ -3,10 +3,11 @@
 No Ray here: ray_jobs/render.py runs each stage as a Ray Data step on pyarrow batches. The manifest and config
 are in `render_manifest`, the output folder in `render_store`.
 
-    prepare   (CPU)  the row's settings checked and merged with the config's defaults, the reference image
-                     decoded and resized, the motion loaded and validated, the pose video decoded, the frame count
-                     checked against the backbone's rule and the driving input; for articulated noise, the
-                     motion's warp operator (body rendering and rasterization stay off the GPU workers)
+    prepare   (CPU)  the row's settings checked and merged with the config's defaults, the reference photo
+                     fitted to the output (pipelines/generation/photo.py; its intake record goes to the metadata),
+                     the motion loaded and validated, the pose video decoded, the frame count checked against the
+                     backbone's rule and the driving input; for articulated noise, the motion's warp operator (body
+                     rendering and rasterization stay off the GPU workers)
     generate  (GPU)  the animation pipeline, built once per worker, samples the noise, denoises and decodes
     encode    (CPU)  the frames as videos/<id>.mp4 (written under a temporary name, then moved into place)
 
@@ -29,7 +30,8 @@ from models.body_model import load_body_model
 from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.generation.frames import image_pixels, pose_video_pixels, read_image
+from pipelines.generation.frames import pose_video_pixels
+from pipelines.generation.photo import PhotoIntake, photo_detector, photo_options, prepare_photo, read_image
 from pipelines.generation.render_manifest import RenderJobConfig, RenderRow
 from pipelines.generation.render_store import RenderStore, metadata_table
 from pipelines.io.arrow_arrays import pack_state, unpack_state
@@ -137,6 +139,13 @@ class PrepareStage(_Stage):
         self.spec = config.backbone_config().spec
         self.size = config.resolution()
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
+        self.detector = photo_detector(config.photo)  # built once: a missing backend stops the stage at start
+
+    def photo(self, row: RenderRow) -> tuple[np.ndarray, PhotoIntake]:
+        """The row's photo at the output size and its intake record."""
+        options = photo_options({"fit": row.fit, "background": row.background}, self.config.photo)
+        photo = prepare_photo(read_image(row.image), self.size, options, self.detector)
+        return photo.pixels, photo.intake
 
     def settings(self, row: RenderRow) -> dict[str, Any]:
         defaults = self.config.defaults
@@ -171,7 +180,9 @@ class PrepareStage(_Stage):
     def process(self, item: RenderItem) -> None:
         row = validate_config(RenderRow, item.settings, source=f"manifest row {item.id!r}")
         settings = self.settings(row)
-        state = {"image": image_pixels(read_image(row.image), self.size)}
+        image, intake = self.photo(row)
+        settings["photo"] = intake.model_dump()
+        state = {"image": image}
         available = []
         motion = None
         if row.motion is not None:
@@ -266,6 +277,7 @@ class EncodeStage:
             "fps": fps,
             "seconds": count / fps,
             "generation_seconds": item.generation_seconds,
+            **PhotoIntake.model_validate(item.settings["photo"]).columns(),
         }
 
     def __call__(self, batch: pa.Table) -> pa.Table:

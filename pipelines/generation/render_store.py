@@ -49,6 +49,19 @@ METADATA_SCHEMA = pa.schema(
         ("fps", pa.float64()),
         ("seconds", pa.float64()),  # length of the video: frames / fps
         ("generation_seconds", pa.float64()),  # wall time of denoising and decoding
+        # the reference photo's intake (pipelines/generation/photo.py, PhotoIntake): the box of source pixels
+        # (after EXIF orientation) that became the video's first frame, and what placed it
+        ("photo_fit", pa.string()),  # crop, centre or pad
+        ("photo_method", pa.string()),  # keypoints, alpha, centre (no detector ran) or pad
+        ("photo_x0", pa.int32()),
+        ("photo_y0", pa.int32()),
+        ("photo_width", pa.int32()),
+        ("photo_height", pa.int32()),
+        ("photo_source_height", pa.int32()),
+        ("photo_source_width", pa.int32()),
+        ("photo_orientation", pa.int32()),  # EXIF orientation applied (1: none)
+        ("photo_flattened", pa.bool_()),  # transparency flattened onto the background
+        ("photo_note", pa.string()),
     ]
 )
 

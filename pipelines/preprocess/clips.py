@@ -146,12 +146,19 @@ def _box_around(
     return CropBox(x0, y0, box_w, box_h)
 
 
-def centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> CropBox:
-    """The largest box with the aspect ratio of `size` (H, W) in the middle of the image."""
+def largest_box(centre: tuple[float, float], image_size: tuple[int, int], size: tuple[int, int]) -> CropBox:
+    """The largest box with the aspect ratio of `size` (H, W) inside the image, centred at `centre` (x, y) as far
+    as the image allows."""
     height, width = image_size
     aspect = size[1] / size[0]
     box_w = min(width, height * aspect)
-    return _box_around(((width - 1) / 2, (height - 1) / 2), (box_w, box_w / aspect), image_size)
+    return _box_around(centre, (box_w, box_w / aspect), image_size)
+
+
+def centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> CropBox:
+    """The largest box with the aspect ratio of `size` (H, W) in the middle of the image."""
+    height, width = image_size
+    return largest_box(((width - 1) / 2, (height - 1) / 2), image_size, size)
 
 
 def person_box(

@@ -54,3 +54,24 @@ def test_blazepose_finds_the_astronaut_in_its_runtime_env(ray_local, tmp_path) -
         distance = np.linalg.norm(keypoints[:, joint, :2] - np.array(expected), axis=-1)
         assert np.all(distance < TOLERANCE_PX), (joint, keypoints[:, joint].tolist())
         assert np.all(keypoints[:, joint, 2] > 0.5)
+
+
+def _photo_intake(photo: np.ndarray, size: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    from pipelines.generation.photo import PhotoOptions, prepare_photo
+
+    prepared = prepare_photo(photo, size, PhotoOptions(detector={"keypoint_backend": "mediapipe"}))
+    return prepared.intake.model_dump(), prepared.keypoints
+
+
+def test_photo_intake_crops_around_the_astronaut_found_by_blazepose(ray_local) -> None:
+    """The photo intake with `detector: {keypoint_backend: mediapipe}`: a portrait cut of the astronaut fitted to a
+    landscape output, the box placed by BlazePose's keypoints."""
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = np.ascontiguousarray(skimage_data.astronaut()[:, 60:360])  # 512 high, 300 wide
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    task = ray.remote(_photo_intake).options(num_cpus=0.5, runtime_env=MEDIAPIPE_RUNTIME_ENV)
+    intake, keypoints = ray.get(task.remote(photo, (32, 48)))
+    assert intake["method"] == "keypoints" and (intake["width"], intake["height"]) == (300, 200)
+    nose_x, nose_y = EXPECTED[0][0] - 60, EXPECTED[0][1]
+    assert intake["y0"] <= nose_y < intake["y0"] + intake["height"] and 0 <= nose_x < 300
+    assert keypoints.shape == (17, 3) and 0 <= keypoints[0, 1] < 32 and keypoints[0, 2] > 0.5

@@ -18,8 +18,8 @@ from pipelines.articulated_noise import video_noise_operator
 from pipelines.demo.manifest import write_demo_manifest
 from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.render_manifest import RenderJobConfig, read_render_manifest
-from pipelines.generation.render_stages import GenerateStage, PrepareStage, input_items, items_from_table
-from pipelines.generation.render_store import METADATA_NAME
+from pipelines.generation.render_stages import EncodeStage, GenerateStage, PrepareStage, input_items, items_from_table
+from pipelines.generation.render_store import METADATA_NAME, METADATA_SCHEMA
 from pipelines.io.config import RESOLVED_CONFIG_NAME
 from pipelines.io.manifest import ManifestError
 from pipelines.io.motion import load_motion, save_motion
@@ -173,3 +173,42 @@ def test_operator_built_in_prepare_gives_the_pipelines_own_video(manifest, tmp_p
             np.asarray(PIL.Image.open(row["image"])), "", load_motion(row["motion"]), num_frames=17,
             num_inference_steps=1, guidance_scale=1.0, warp_operator=operator,
         )
+
+
+def test_photos_are_fitted_in_prepare_and_their_box_is_in_the_metadata(manifest, tmp_path) -> None:
+    """Phone (EXIF 6), RGBA and portrait photos at a landscape output, through prepare, generate and encode."""
+    inputs = manifest.parent
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # stored 90 wide, 60 high: upright 60 wide, 90 high
+    PIL.Image.fromarray(np.full((60, 90, 3), 90, np.uint8)).save(inputs / "phone.jpg", exif=exif)
+    cut_out = np.zeros((90, 60, 4), np.uint8)
+    cut_out[10:50, 30:50] = 255
+    PIL.Image.fromarray(cut_out).save(inputs / "cut-out.png")
+    PIL.Image.fromarray(np.full((90, 60, 3), 200, np.uint8)).save(inputs / "portrait.png")
+    PIL.Image.new("RGBA", (8, 8)).save(inputs / "clear.png")
+    common = {"motion": "walk.npz", "num_frames": 9}
+    rows = [
+        {"id": "phone", "image": "phone.jpg", **common},
+        {"id": "cut_out", "image": "cut-out.png", "background": "0,0,0", **common},
+        {"id": "portrait", "image": "portrait.png", "fit": "pad", "background": "#0000ff", **common},
+        {"id": "clear", "image": "clear.png", **common},
+    ]
+    (inputs / "photos.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    backbone = tmp_path / "tiny-landscape.yaml"
+    backbone.write_text((CONFIGS / "tiny-cogvideox.yaml").read_text().replace("resolution: [32, 32]",
+                                                                             "resolution: [32, 48]"))
+    config = job_config(inputs / "photos.jsonl", tmp_path / "out").model_copy(update={"backbone": backbone})
+    prepared = PrepareStage(config)(pa.concat_tables(input_items(read_render_manifest(config.manifest))))
+    table = EncodeStage(config)(GenerateStage(config, "cpu")(prepared))
+    assert table.schema == METADATA_SCHEMA
+    metadata = {row["id"]: row for row in table.to_pylist()}
+    boxes = {item_id: tuple(metadata[item_id][f"photo_{key}"] for key in ("method", "x0", "y0", "width", "height"))
+             for item_id in ("phone", "cut_out", "portrait")}
+    assert boxes == {"phone": ("centre", 0, 25, 60, 40), "cut_out": ("alpha", 0, 10, 60, 40),
+                     "portrait": ("pad", -37, 0, 135, 90)}
+    assert metadata["phone"]["photo_orientation"] == 6 and "no person detector ran" in metadata["phone"]["photo_note"]
+    assert metadata["cut_out"]["photo_flattened"] and metadata["portrait"]["photo_fit"] == "pad"
+    video, _ = read_video(metadata["portrait"]["output_path"])
+    assert video.shape == (9, 32, 48, 3)
+    assert metadata["clear"]["status"] == "failed" and metadata["clear"]["stage"] == "prepare"
+    assert "image: the photo is fully transparent" in metadata["clear"]["error"]

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from fastapi.testclient import TestClient
-from helpers import hostile_files
+from helpers import CONFIGS, hostile_files
 
 from pipelines.demo.motions import make_demo_motion
 from serve.api import build_api
@@ -31,8 +31,12 @@ MOTION = {key: value.tolist() for key, value in make_demo_motion("walk", 9).to_a
 
 
 def png(size: tuple[int, int] = (32, 32)) -> bytes:
+    return encoded(np.zeros((*size, 3), dtype=np.uint8), "PNG")
+
+
+def encoded(pixels: np.ndarray, kind: str, **options) -> bytes:
     buffer = io.BytesIO()
-    PIL.Image.fromarray(np.zeros((*size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    PIL.Image.fromarray(pixels).save(buffer, kind, **options)
     return buffer.getvalue()
 
 
@@ -51,6 +55,20 @@ def service(tmp_path) -> JobService:
 
 async def dispatch_nothing(record: JobRecord) -> None:
     pass
+
+
+@pytest.fixture()
+def landscape_service(tmp_path) -> JobService:
+    """The same service with the tiny CogVideoX at a landscape 32x48 as its backbone."""
+    backbone = tmp_path / "tiny-landscape.yaml"
+    backbone.write_text(CONFIGS.joinpath("tiny-cogvideox.yaml").read_text().replace("resolution: [32, 32]",
+                                                                                    "resolution: [32, 48]"))
+    config = ServeConfig.model_validate({
+        "storage_uri": str(tmp_path / "jobs"), "auth": {"required": False},
+        "backbones": {"tiny-landscape": {"config": str(backbone), "device": "cpu"}},
+    })
+    backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
+    return JobService(config, JobStore(config.storage_uri), backbones, dispatch_nothing, owner="ingress-test")
 
 
 @pytest.fixture()
@@ -108,6 +126,35 @@ def test_unknown_oversized_and_bomb_fields_are_named(client):
     refused(post(client, files={"image": bomb}), 413, "image: 900000000 pixels; at most 65536")
     refused(post(client, {"motion_json": json.dumps(MOTION)[:-1] + ', "x": ' + "1" * 5000 + "}"}), 422,
             "motion_json: motion JSON is malformed", "4300 digits")
+
+
+def test_phone_rgba_and_portrait_photos_are_fitted_and_the_box_is_in_the_job(landscape_service):
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # stored on its side: 90 wide, 60 high; upright 60 wide, 90 high
+    phone = encoded(np.full((60, 90, 3), 90, np.uint8), "JPEG", exif=exif)
+    cut_out = np.zeros((90, 60, 4), np.uint8)
+    cut_out[10:50, 30:50] = 255
+    portrait = encoded(np.full((90, 60, 3), 200, np.uint8), "PNG")
+    uploads = [
+        ({}, ("phone.jpg", phone, "image/jpeg"), ("centre", 0, 25, 60, 40)),
+        ({"background": "0,0,0"}, ("cut-out.png", encoded(cut_out, "PNG"), "image/png"), ("alpha", 0, 10, 60, 40)),
+        ({"fit": "pad", "background": "#0000ff"}, ("portrait.png", portrait, "image/png"), ("pad", -37, 0, 135, 90)),
+    ]
+    with TestClient(build_api(landscape_service, ApiKeys(landscape_service.config.auth),
+                              landscape_service.config.limits)) as client:
+        for data, image, box in uploads:
+            response = post(client, {"num_frames": 9, **data}, {"image": image})
+            assert response.status_code == 202, response.text
+            photo = response.json()["params"]["photo"]
+            assert (photo["method"], photo["x0"], photo["y0"], photo["width"], photo["height"]) == box
+            assert client.get(response.headers["Location"]).json()["params"]["photo"] == photo
+            pixels = np.load(io.BytesIO(landscape_service.store.input(response.json()["id"], "image.npy")))
+            assert pixels.shape == (32, 48, 3)
+        assert (photo["fit"], tuple(pixels[16, 0])) == ("pad", (0, 0, 255))
+        refused(post(client, {"fit": "stretch"}), 422, "fit: ")
+        refused(post(client, {"background": "red"}), 422, "background: ")
+        refused(post(client, files={"image": ("clear.png", encoded(np.zeros((8, 8, 4), np.uint8), "PNG"))}), 422,
+                "image: the photo is fully transparent", "fit: pad")
 
 
 def test_a_cancel_stops_the_generation_at_the_next_steps_not_the_next_heartbeat(tmp_path):

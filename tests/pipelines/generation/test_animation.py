@@ -124,11 +124,14 @@ def test_wan_long_video_blends_and_chains(body, image, motion):
         assert video.shape == (21, 32, 32, 3)
 
 
-def test_images_of_the_same_aspect_are_resized_and_gray_is_converted(pipeline, image, motion):
+def test_photos_of_any_size_and_mode_are_fitted(pipeline, image, motion):
     large = np.asarray(PIL.Image.fromarray(image).resize((64, 64)))
     assert generate(pipeline, large, motion, num_frames=9).shape == (9, 32, 32, 3)
     gray = PIL.Image.fromarray(image).convert("L")
     assert generate(pipeline, gray, motion, num_frames=9).shape == (9, 32, 32, 3)
+    rgba_portrait = np.zeros((48, 32, 4), np.uint8)
+    rgba_portrait[8:40, 8:24] = 255
+    assert generate(pipeline, rgba_portrait, motion, num_frames=9).shape == (9, 32, 32, 3)
 
 
 def nan_motion(motion: Motion) -> Motion:
@@ -141,10 +144,8 @@ def nan_motion(motion: Motion) -> Motion:
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"image": PIL.Image.new("RGBA", (32, 32))}, "image: mode RGBA"),
-        ({"image": np.zeros((32, 32, 4), np.uint8)}, "image: expected shape"),
         ({"image": np.zeros((32, 32, 3), np.float32)}, "image: expected uint8"),
-        ({"image": np.zeros((32, 48, 3), np.uint8)}, "image: size 32x48"),
+        ({"image": np.zeros((32, 32, 2), np.uint8)}, "image: expected shape"),
         ({"num_frames": 50}, "num_frames: CogVideoX 1.0 needs"),
         ({"num_frames": 45}, "num_frames: CogVideoX 1.0 needs"),
         ({"num_frames": 321}, "num_frames: 321 requested"),
@@ -208,4 +209,64 @@ def test_generate_command_writes_the_requested_frames(tmp_path, body, image, cap
         main(["generate", "--image", str(tmp_path / "alpha.png"), "--motion", str(motion_path),
               "--out", str(tmp_path / "x.mp4")])
     assert exit_info.value.code == 2
-    assert "image: mode RGBA" in capsys.readouterr().err
+    assert "image: the photo is fully transparent" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def landscape_backbone(tmp_path_factory):
+    """The tiny CogVideoX at a landscape 32x48."""
+    path = tmp_path_factory.mktemp("backbone") / "tiny-landscape.yaml"
+    path.write_text((CONFIGS / "tiny-cogvideox.yaml").read_text().replace("resolution: [32, 32]",
+                                                                          "resolution: [32, 48]"))
+    return path
+
+
+def photo_report(capsys, *argv: str) -> dict:
+    main(["generate", "--prompt", "a person", "--steps", "1", "--frames", "9", *argv])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_generate_command_takes_phone_rgba_and_portrait_photos(tmp_path, landscape_backbone, capsys):
+    motion_path = tmp_path / "walk.npz"
+    save_motion(motion_path, make_demo_motion("walk", 9))
+    common = ["--motion", str(motion_path), "--backbone", str(landscape_backbone)]
+
+    # A phone photo stored on its side with EXIF orientation 6: used upright (portrait), centred without a detector.
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    PIL.Image.fromarray(np.full((60, 90, 3), 90, np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    report = photo_report(capsys, "--image", str(tmp_path / "phone.jpg"), *common, "--out", str(tmp_path / "a.mp4"))
+    assert (report["height"], report["width"]) == (32, 48)
+    photo = report["photo"]
+    assert (photo["orientation"], photo["source_height"], photo["source_width"]) == (6, 90, 60)
+    assert (photo["method"], photo["x0"], photo["y0"], photo["width"], photo["height"]) == ("centre", 0, 25, 60, 40)
+    assert "no person detector ran" in photo["note"]
+
+    # An RGBA cut-out: flattened onto the background, the box placed by its alpha.
+    cut_out = np.zeros((90, 60, 4), np.uint8)
+    cut_out[10:50, 30:50] = 255
+    PIL.Image.fromarray(cut_out).save(tmp_path / "cut-out.png")
+    report = photo_report(capsys, "--image", str(tmp_path / "cut-out.png"), *common, "--background", "0,0,0",
+                          "--out", str(tmp_path / "b.mp4"))
+    assert report["photo"]["method"] == "alpha" and report["photo"]["flattened"]
+    assert (report["photo"]["y0"], report["photo"]["height"]) == (10, 40)
+
+    # A portrait photo letterboxed into the landscape output.
+    PIL.Image.fromarray(np.full((90, 60, 3), 200, np.uint8)).save(tmp_path / "portrait.png")
+    report = photo_report(capsys, "--image", str(tmp_path / "portrait.png"), *common, "--fit", "pad",
+                          "--out", str(tmp_path / "c.mp4"))
+    photo = report["photo"]
+    assert (photo["fit"], photo["method"], photo["x0"], photo["y0"], photo["width"], photo["height"]) == (
+        "pad", "pad", -37, 0, 135, 90)
+    frames, _ = read_video(tmp_path / "c.mp4")
+    assert frames.shape == (9, 32, 48, 3)
+
+    # A configured detector that cannot run is a clear error, before any video is written.
+    for detector, message in ([["--detector", "dwpose"], "needs dwpose_model"],
+                              [["--detector", "dwpose", "--dwpose-model", str(tmp_path / "no.onnx")],
+                               "DWPose model not found"]):
+        with pytest.raises(SystemExit):
+            photo_report(capsys, "--image", str(tmp_path / "portrait.png"), *common, *detector,
+                         "--out", str(tmp_path / "d.mp4"))
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "d.mp4").exists()
