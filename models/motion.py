@@ -41,16 +41,24 @@ class Motion:
         """Frames [start, stop) as a new motion."""
         if not 0 <= start < stop <= self.num_frames:
             raise MotionError(f"frames [{start}, {stop}) are outside the motion's {self.num_frames} frames")
-        cut = slice(start, stop)
+        return self._take(slice(start, stop))
+
+    def held(self, num_frames: int) -> Motion:
+        """The first `num_frames` frames, the last pose held (repeated) past the motion's end."""
+        if num_frames < 1:
+            raise MotionError(f"num_frames: must be >= 1, got {num_frames}")
+        return self._take(np.minimum(np.arange(num_frames), self.num_frames - 1))
+
+    def _take(self, frames: slice | np.ndarray) -> Motion:
         return Motion(
-            global_orient=self.global_orient[cut],
-            body_pose=self.body_pose[cut],
-            betas=self.betas[cut],
-            transl=self.transl[cut],
-            K=self.K[cut],
+            global_orient=self.global_orient[frames],
+            body_pose=self.body_pose[frames],
+            betas=self.betas[frames],
+            transl=self.transl[frames],
+            K=self.K[frames],
             image_size=self.image_size,
             fps=self.fps,
-            keypoints2d=None if self.keypoints2d is None else self.keypoints2d[cut],
+            keypoints2d=None if self.keypoints2d is None else self.keypoints2d[frames],
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:

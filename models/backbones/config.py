@@ -36,6 +36,13 @@ class VariantSpec:
         return available - (available - 1) % self.frame_period
 
 
+def generated_num_frames(num_frames: int, fixed_num_frames: int | None) -> int:
+    """Frames to generate for a video of `num_frames` on a model whose positional embeddings exist only at
+    `fixed_num_frames` (None: any count): a shorter video is generated at the full window and trimmed, so the
+    model never runs at a frame count its weights never saw; a longer one is already made of such windows."""
+    return num_frames if fixed_num_frames is None else max(num_frames, fixed_num_frames)
+
+
 VARIANTS: dict[str, dict[str, VariantSpec]] = {
     "cogvideox": {
         # Latent frames (F-1)//4+1 must be odd: F = 8m+1.

@@ -9,6 +9,9 @@ Input rules (each broken rule is a ValueError that starts with the field's name)
 - `motion`: a `Motion` or a motion file; validated against the motion contract (no NaN or inf).
 - `num_frames`: a count the backbone takes (its adapter's `check_num_frames`); by default the longest one
   the driving input covers. Motion and pose video must have the same length when both are given.
+  A model whose learned positional embeddings exist only at its window (CogVideoX-5B-I2V: 49 frames) always
+  generates whole windows: a shorter video is generated at the window, driven by the motion's next frames or,
+  past its end, its last pose held, and trimmed to `num_frames` (`BackboneAdapter.generated_num_frames`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN
 from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.generation.frames import image_pixels, pose_video_pixels, to_model_pixels, to_uint8
+from pipelines.generation.frames import held_frames, image_pixels, pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
 from pipelines.io.motion import load_motion
 from pipelines.io.video import read_video, write_video
@@ -87,8 +90,9 @@ class _Request:
 
     image: np.ndarray  # uint8 [H, W, 3]
     motion: Motion | None
-    pose_video: np.ndarray | None  # uint8 [T, H, W, 3], first num_frames frames
-    num_frames: int
+    pose_video: np.ndarray | None  # uint8 [T, H, W, 3], num_frames frames
+    num_frames: int  # generated: at least the window of a model with learned positional embeddings
+    output_frames: int  # asked for: the generated video is trimmed to it
     resolution: tuple[int, int]
     fps: float
     use_padaln: bool
@@ -208,12 +212,14 @@ class AnimationPipeline:
                 "they drive the same video and must have the same length"
             )
         count = self._num_frames(num_frames, motion.num_frames if motion is not None else len(pose_video))
+        generated = self.adapter.generated_num_frames(count)
         fps = fps or (motion.fps if motion is not None else video_fps) or DEFAULT_FPS
         return _Request(
             image=image_pixels(image, size),
-            motion=motion,
-            pose_video=None if pose_video is None else pose_video[:count],
-            num_frames=count,
+            motion=None if motion is None else motion.held(generated),
+            pose_video=None if pose_video is None else held_frames(pose_video, generated),
+            num_frames=generated,
+            output_frames=count,
             resolution=size,
             fps=_number_in("fps", fps, 1e-3),
             use_padaln=use_padaln,
@@ -405,6 +411,7 @@ class AnimationPipeline:
                 )
                 frames[written : span.stop] = decoded[written - span.start :]
                 written = span.stop
+        frames = frames[: request.output_frames]
         if output_path is not None:
             write_video(output_path, frames, request.fps)
         return AnimationOutput(frames=frames, fps=request.fps)

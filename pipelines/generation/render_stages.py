@@ -17,6 +17,7 @@ encode actors start without it (it takes seconds to import).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -133,8 +134,13 @@ class PrepareStage(_Stage):
     name = "prepare"
 
     def __init__(self, config: RenderJobConfig) -> None:
+        from models.backbones import adapter_class, generated_num_frames  # imports diffusers: prepare actors only
+
         self.config = config
-        self.spec = config.backbone_config().spec
+        backbone = config.backbone_config()
+        self.spec = backbone.spec
+        fixed = adapter_class(backbone.family).config_fixed_num_frames(backbone)
+        self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
 
@@ -191,7 +197,9 @@ class PrepareStage(_Stage):
                 f"num_frames: {settings['num_frames']} requested but the driving input has only {min(available)} frames"
             )
         if settings["articulated_noise"]:
-            operator = video_noise_operator(motion, self.body, self.config.noise, settings["num_frames"], self.size)
+            # The pipeline's own frame rule: a model with learned positional embeddings generates whole windows.
+            generated = self.generated_num_frames(settings["num_frames"])
+            operator = video_noise_operator(motion.held(generated), self.body, self.config.noise, generated, self.size)
             state.update({f"operator.{key}": value for key, value in operator.to_arrays().items()})
         item.settings, item.state = settings, state
 
