@@ -300,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", type=Path, default=DEFAULT_BACKBONE, help="backbone YAML (default: tiny CogVideoX)"
     )
     generate.add_argument("--frames", type=int, help="video frames (default: as many as the motion/pose video allows)")
-    generate.add_argument("--steps", type=int, default=50, help="denoising steps")
-    generate.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
+    generate.add_argument("--steps", type=int, help="denoising steps (default: the backbone family's, 50)")
+    generate.add_argument("--guidance", type=float,
+                          help="classifier-free guidance scale, 1 = off (default: the family's, CogVideoX 6, Wan 5)")
     generate.add_argument("--gamma", type=float, default=0.5, help="articulated-noise degradation in [0, 1]")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")

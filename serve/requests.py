@@ -22,9 +22,10 @@ import av
 import numpy as np
 import PIL.Image
 
-from models.backbones import VariantSpec, load_backbone_config
+from models.backbones import VariantSpec, adapter_class, load_backbone_config
 from models.motion import Motion, MotionError
 from pipelines.generation.frames import image_pixels, pose_video_pixels
+from pipelines.generation.long_video import plan_windows
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from pipelines.io.video import open_video
 from serve.config import BackboneEntry, Limits, ServeConfig, project_path
@@ -51,13 +52,22 @@ class BackboneInfo:
     resolution: tuple[int, int]
     window: int
     spec: VariantSpec
+    default_steps: int
+    default_guidance: float
 
     @classmethod
     def load(cls, name: str, entry: BackboneEntry) -> BackboneInfo:
         config = load_backbone_config(project_path(entry.config))
-        spec = config.spec
+        spec, family = config.spec, adapter_class(config.family)
         resolution = config.resolution or spec.default_resolution
-        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec)
+        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec,
+                   family.default_num_inference_steps, family.default_guidance_scale)
+
+    def windows(self, num_frames: int, long_video: str) -> int:
+        """How many windows the pipeline denoises for `num_frames` (its `plan_windows`, default overlap)."""
+        latent = self.spec.latent_num_frames
+        overlap = 1 if long_video == "chain" else None
+        return len(plan_windows(latent(num_frames), latent(self.window), overlap))
 
 
 @dataclass
@@ -178,6 +188,11 @@ def decode_pose_video(data: bytes, limits: Limits, size: tuple[int, int]) -> tup
     return np.stack(frames), fps
 
 
+def _first(*values: Any) -> Any:
+    """The first value that is not None: a request's own, the config's, the backbone family's."""
+    return next(value for value in values if value is not None)
+
+
 def _number(fields: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = fields.get(name)
     value = default if value is None else value
@@ -229,7 +244,7 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     for key, text in prompts.items():
         if len(text) > limits.max_prompt_chars:
             raise RequestError(f"{key}: {len(text)} characters; at most {limits.max_prompt_chars} are accepted")
-    steps = defaults.steps if fields.get("steps") is None else fields["steps"]
+    steps = _first(fields.get("steps"), defaults.steps, backbone.default_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limits.max_steps:
         raise RequestError(f"steps: must be an integer in [1, {limits.max_steps}], got {steps!r}")
     seed = fields.get("seed")
@@ -268,11 +283,12 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
         num_frames=num_frames,
         resolution=backbone.resolution,
         steps=steps,
-        guidance=_number(fields, "guidance", defaults.guidance, 1.0, MAX_GUIDANCE),
+        guidance=_number(fields, "guidance", _first(defaults.guidance, backbone.default_guidance), 1.0, MAX_GUIDANCE),
         gamma=_number(fields, "gamma", defaults.gamma, 0.0, 1.0),
         seed=seed,
         articulated_noise=articulated,
         fps=motion.fps if motion is not None else video_fps or None,
         inputs=sorted(inputs),
+        max_run_s=config.jobs.run_limit_s(backbone.windows(num_frames, defaults.long_video), steps),
     )
     return Submission(params, "long_video" if num_frames > backbone.window else "generation", inputs)

@@ -66,6 +66,10 @@ class BackboneAdapter(ABC):
     # Classifier-free guidance as one batch of 2 (diffusers' CogVideoX) or as two passes (diffusers' Wan, which also
     # halves the activations of a 14B model): following the family's own pipeline keeps the numbers identical.
     guidance_in_one_batch: ClassVar[bool] = True
+    # Sampling defaults of the family's own diffusers pipeline (`__call__`'s num_inference_steps, guidance_scale):
+    # the one source for the pipeline, the CLI, the render job and the HTTP API when a request leaves them out.
+    default_num_inference_steps: ClassVar[int]
+    default_guidance_scale: ClassVar[float]
     # Components kept in float32 whatever the configured dtype.
     float32_components: ClassVar[tuple[str, ...]] = ()
 

@@ -70,6 +70,8 @@ class CogVideoXAdapter(BackboneAdapter):
     family = "cogvideox"
     pipeline_class = CogVideoXImageToVideoPipeline
     prediction_type = "v_prediction"
+    default_num_inference_steps = 50  # CogVideoXImageToVideoPipeline.__call__
+    default_guidance_scale = 6.0
     required_files = {
         **model_files("transformer", "CogVideoXTransformer3DModel"),
         **model_files("vae", "AutoencoderKLCogVideoX"),

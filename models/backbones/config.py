@@ -21,6 +21,7 @@ class VariantSpec:
     frame_rule: str
     default_num_frames: int
     default_resolution: tuple[int, int]
+    temporal_factor: int = 4  # the VAE's: frame 0 alone, then groups of 4
 
     def check_num_frames(self, num_frames: int) -> None:
         """Raise a ValueError saying which frame counts are valid unless `num_frames` is one of them."""
@@ -28,6 +29,10 @@ class VariantSpec:
             raise ValueError(
                 f"{self.name} needs {self.frame_rule}, e.g. {self.default_num_frames}; got {num_frames}"
             )
+
+    def latent_num_frames(self, num_frames: int) -> int:
+        """Latent frames of a `num_frames` video (the adapters' own count, without loading the VAE)."""
+        return (num_frames - 1) // self.temporal_factor + 1
 
     def longest_num_frames(self, available: int) -> int:
         """The longest valid frame count that `available` driving frames cover."""

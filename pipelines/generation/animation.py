@@ -321,8 +321,8 @@ class AnimationPipeline:
         negative_prompt: str = "",
         num_frames: int | None = None,
         resolution: tuple[int, int] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 6.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         gamma: float = 0.5,
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -339,8 +339,9 @@ class AnimationPipeline:
 
         Args:
             gamma: degradation of the articulated noise in [0, 1] (0: warped noise only, 1: fresh noise only).
+            num_inference_steps: denoising steps (default: the family's, `adapter.default_num_inference_steps`).
             guidance_scale: classifier-free guidance against `negative_prompt` ('' is the empty prompt);
-                1 turns it off.
+                1 turns it off (default: the family's, `adapter.default_guidance_scale`).
             seed / generator: one or the other (or neither, for torch's global generator); the same seed
                 gives the same video. Noise is drawn on the generator's device (CPU for a seed).
             articulated_noise: start from the motion's degraded articulated noise instead of i.i.d. noise.
@@ -358,6 +359,10 @@ class AnimationPipeline:
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt/negative_prompt: must be strings")
         gamma = _number_in("gamma", gamma, 0.0, 1.0)
+        if guidance_scale is None:
+            guidance_scale = self.adapter.default_guidance_scale
+        if num_inference_steps is None:
+            num_inference_steps = self.adapter.default_num_inference_steps
         guidance_scale = _number_in("guidance_scale", guidance_scale, 1.0)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")

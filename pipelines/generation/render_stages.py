@@ -139,7 +139,8 @@ class PrepareStage(_Stage):
         self.config = config
         backbone = config.backbone_config()
         self.spec = backbone.spec
-        fixed = adapter_class(backbone.family).config_fixed_num_frames(backbone)
+        self.family = adapter_class(backbone.family)
+        fixed = self.family.config_fixed_num_frames(backbone)
         self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
@@ -167,8 +168,8 @@ class PrepareStage(_Stage):
             "prompt": row.prompt,
             "negative_prompt": pick(row.negative_prompt, defaults.negative_prompt),
             "num_frames": num_frames,
-            "steps": pick(row.steps, defaults.steps),
-            "guidance": pick(row.guidance, defaults.guidance),
+            "steps": pick(row.steps, pick(defaults.steps, self.family.default_num_inference_steps)),
+            "guidance": pick(row.guidance, pick(defaults.guidance, self.family.default_guidance_scale)),
             "gamma": pick(row.gamma, defaults.gamma),
             "seed": pick(row.seed, defaults.seed),
             "articulated_noise": defaults.articulated_noise and row.motion is not None,
