@@ -176,6 +176,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         long_video=args.long_video,
         window_overlap=args.overlap,
         output_path=args.out,
+        mask=args.mask,
     )
     frames, height, width, _ = output.frames.shape
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps}))
@@ -293,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--image", type=Path, required=True, help="reference image (RGB or grayscale)")
     generate.add_argument("--motion", type=Path, help="motion file (.npz or .json)")
     generate.add_argument("--pose-video", type=Path, help="driving skeleton video (used with --padaln)")
+    generate.add_argument("--mask", type=Path, help="region mask for the image (grayscale; white is kept, black is "
+                          "blanked and described by the prompt: DynamiCtrl's region control)")
     generate.add_argument("--prompt", default="", help="caption of the video")
     generate.add_argument("--negative-prompt", default="", help="classifier-free guidance against this ('' = empty)")
     generate.add_argument("--out", type=Path, required=True, help="output MP4")

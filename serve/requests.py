@@ -15,6 +15,7 @@ import math
 import re
 import secrets
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import PIL.Image
 
 from models.backbones import VariantSpec, adapter_class, load_backbone_config
 from models.motion import Motion, MotionError
-from pipelines.generation.frames import image_pixels, pose_video_pixels
+from pipelines.generation.frames import image_pixels, mask_pixels, pose_video_pixels
 from pipelines.generation.long_video import plan_windows
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from pipelines.io.video import open_video
@@ -79,11 +80,12 @@ class Upload:
     motion_json: str | None = None
     pose_video: bytes | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    mask: bytes | None = None
 
     def fingerprint(self) -> str:
         """Identifies the request, so a reused Idempotency-Key with another request can be refused."""
         digest = hashlib.sha256(json.dumps(self.fields, sort_keys=True, default=str).encode())
-        for part in (self.image, self.motion, (self.motion_json or "").encode(), self.pose_video):
+        for part in (self.image, self.motion, (self.motion_json or "").encode(), self.pose_video, self.mask):
             digest.update(hashlib.sha256(part or b"").digest())
         return digest.hexdigest()
 
@@ -109,28 +111,35 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _too_many_pixels(size: str, limits: Limits) -> RequestError:
-    return RequestError(f"image: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
+def _too_many_pixels(size: str, limits: Limits, name: str = "image") -> RequestError:
+    return RequestError(f"{name}: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
 
 
-def decode_image(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarray:
-    """The reference image as uint8 `[H, W, 3]` at `size`; its pixel count is checked before decoding."""
+def decode_image(
+    data: bytes,
+    limits: Limits,
+    size: tuple[int, int],
+    name: str = "image",
+    pixels: Callable[[PIL.Image.Image, tuple[int, int]], np.ndarray] = image_pixels,
+) -> np.ndarray:
+    """The reference image as uint8 `[H, W, 3]` at `size` (or, as `pixels` makes it, the image upload `name`); its
+    pixel count is checked before decoding."""
     try:
         image = PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except PIL.Image.DecompressionBombError as err:  # PIL's own, larger limit, checked from the header too
-        pixels = re.search(r"\((\d+) pixels\)", str(err))
-        raise _too_many_pixels(pixels.group(1) if pixels else "more than PIL's limit of", limits) from None
+        count = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_many_pixels(count.group(1) if count else "more than PIL's limit of", limits, name) from None
     except (PIL.UnidentifiedImageError, OSError):
-        raise RequestError(f"image: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
+        raise RequestError(f"{name}: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
     with image:
         width, height = image.size
         if width * height > limits.max_image_pixels:
-            raise _too_many_pixels(f"{width}x{height} is {width * height}", limits)
+            raise _too_many_pixels(f"{width}x{height} is {width * height}", limits, name)
         try:
             image.load()
         except (OSError, ValueError) as err:
-            raise RequestError(f"image: could not be decoded: {err}") from None
-        return image_pixels(image, size)
+            raise RequestError(f"{name}: could not be decoded: {err}") from None
+        return pixels(image, size)
 
 
 def _check_npz_size(data: bytes, limit: int) -> None:
@@ -251,6 +260,9 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     seed = secrets.randbelow(MAX_SEED) if seed is None else int(_number(fields, "seed", 0, 0, MAX_SEED))
     try:
         image = decode_image(upload.image, limits, backbone.resolution)
+        mask = None if upload.mask is None else decode_image(
+            upload.mask, limits, backbone.resolution, "mask", mask_pixels
+        )
         motion = decode_motion(upload.motion, upload.motion_json, limits)
         pose_video, video_fps = (None, None) if upload.pose_video is None else decode_pose_video(
             upload.pose_video, limits, backbone.resolution
@@ -273,6 +285,8 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     num_frames = _num_frames(fields.get("num_frames"), available, backbone, limits)
 
     inputs = {"image.npy": _npy(image)}
+    if mask is not None:
+        inputs["mask.npy"] = _npy(mask)
     if motion is not None:
         inputs["motion.npz"] = _npz(motion.slice(0, num_frames).to_arrays())
     if pose_video is not None:

@@ -34,10 +34,18 @@ from models.backbones.config import RESOLUTION_MULTIPLE
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.noise_warp import WarpOperator, degrade
-from models.padaln import PadaLN
+from models.padaln import PadaLN, mask_reference
 from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.generation.frames import held_frames, image_pixels, pose_video_pixels, to_model_pixels, to_uint8
+from pipelines.generation.frames import (
+    held_frames,
+    image_pixels,
+    mask_pixels,
+    pose_video_pixels,
+    read_image,
+    to_model_pixels,
+    to_uint8,
+)
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
 from pipelines.io.motion import load_motion
 from pipelines.io.video import read_video, write_video
@@ -96,6 +104,7 @@ class _Request:
     resolution: tuple[int, int]
     fps: float
     use_padaln: bool
+    mask: np.ndarray | None = None  # uint8 [H, W]: region of the reference image kept (DynamiCtrl)
 
 
 class AnimationPipeline:
@@ -184,6 +193,7 @@ class AnimationPipeline:
         fps: float | None,
         articulated_noise: bool,
         use_padaln: bool | None,
+        mask: PIL.Image.Image | np.ndarray | str | Path | None = None,
     ) -> _Request:
         if motion is None and pose_video is None:
             raise ValueError("motion/pose_video: give a motion, a pose video, or both")
@@ -223,6 +233,9 @@ class AnimationPipeline:
             resolution=size,
             fps=_number_in("fps", fps, 1e-3),
             use_padaln=use_padaln,
+            mask=None if mask is None else mask_pixels(
+                read_image(mask, "mask") if isinstance(mask, (str, Path)) else mask, size
+            ),
         )
 
     # Generation
@@ -289,9 +302,11 @@ class AnimationPipeline:
 
     def _conditioning(
         self, image: np.ndarray, prompt: str, negative_prompt: str, num_frames: int, guided: bool,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None, mask: np.ndarray | None = None,
     ) -> Conditioning:
         pixels = to_model_pixels(image, self.adapter.device)[None]
+        if mask is not None:  # DynamiCtrl's region control: the prompt describes what the mask blanks out
+            pixels = mask_reference(pixels, torch.from_numpy(mask).to(pixels.device).float() / 255)
         conditioning = self.adapter.encode_conditioning(
             pixels, prompt, num_frames, negative_prompt=negative_prompt if guided else None, generator=generator
         )
@@ -334,6 +349,7 @@ class AnimationPipeline:
         output_path: str | Path | None = None,
         callback: ProgressCallback | None = None,
         warp_operator: WarpOperator | None = None,
+        mask: PIL.Image.Image | np.ndarray | str | Path | None = None,
     ) -> AnimationOutput:
         """Animate `image` following `motion` and/or `pose_video`.
 
@@ -355,6 +371,10 @@ class AnimationPipeline:
             warp_operator: the motion's articulated-noise operator when built beforehand (e.g. on a CPU worker
                 with `video_noise_operator` and this pipeline's noise options); built here when None.
             output_path: also write the video there as an MP4.
+            mask: region-level control (DynamiCtrl): the reference image is kept where the mask is white and
+                blanked (black) elsewhere before it is encoded, so the prompt decides what the blanked region shows
+                (e.g. the clothes). A grayscale/1-bit image, its file, or a uint8/bool array `[H, W]`; resized like
+                the image.
         """
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt/negative_prompt: must be strings")
@@ -373,7 +393,7 @@ class AnimationPipeline:
         if seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         request = self._request(
-            image, motion, pose_video, num_frames, resolution, fps, articulated_noise, use_padaln
+            image, motion, pose_video, num_frames, resolution, fps, articulated_noise, use_padaln, mask
         )
 
         temporal = self.adapter.temporal_factor
@@ -386,7 +406,7 @@ class AnimationPipeline:
         # Random draws in a fixed order (noise, image, pose), so switching PadaLN on changes no earlier draw.
         noise = self._initial_noise(request, gamma, articulated_noise, generator, warp_operator)
         conditioning = self._conditioning(
-            request.image, prompt, negative_prompt, window_frames, guided, generator
+            request.image, prompt, negative_prompt, window_frames, guided, generator, request.mask
         )
         pose_latents = self._pose_latents(request, windows, generator)
 

@@ -27,15 +27,16 @@ def _resized(frames: np.ndarray, size: tuple[int, int], field: str) -> np.ndarra
     return np.stack(resized).reshape(*frames.shape[:-3], *size, 3)
 
 
-def read_image(path: str | Path) -> PIL.Image.Image:
-    """A reference image file, opened and loaded (its mode is checked by `image_pixels`)."""
+def read_image(path: str | Path, field: str = "image") -> PIL.Image.Image:
+    """An image file (the reference image, or the `field` it is for), opened and loaded; its mode is checked by
+    `image_pixels` / `mask_pixels`."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"image: file not found: {path}")
+        raise FileNotFoundError(f"{field}: file not found: {path}")
     try:
         with PIL.Image.open(path) as opened:
             return opened.copy()
     except PIL.UnidentifiedImageError:
-        raise ValueError(f"image: {path} is not an image file PIL can read") from None
+        raise ValueError(f"{field}: {path} is not an image file PIL can read") from None
 
 
 def image_pixels(image: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -56,6 +57,23 @@ def image_pixels(image: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> 
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"image: expected shape [H, W, 3] (RGB) or [H, W] (gray), got {list(image.shape)}")
     return _resized(image, size, "image")
+
+
+def mask_pixels(mask: PIL.Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A region mask for the reference image as uint8 `[H, W]` at `size` (255 keeps a pixel, 0 blanks it): a PIL
+    image of mode L or 1, or a uint8/bool array `[H, W]`; resized like the image."""
+    if isinstance(mask, PIL.Image.Image):
+        if mask.mode not in ("L", "1"):
+            raise ValueError(f"mask: mode {mask.mode} is not accepted; pass a grayscale (L) or 1-bit image, "
+                             "e.g. .convert('L')")
+        mask = np.asarray(mask.convert("L"))
+    elif not isinstance(mask, np.ndarray):
+        raise ValueError(f"mask: expected a PIL image or a uint8/bool array, got {type(mask).__name__}")
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8) * 255
+    if mask.dtype != np.uint8 or mask.ndim != 2 or min(mask.shape) < 1:
+        raise ValueError(f"mask: expected a uint8 or bool array [H, W], got {mask.dtype} {list(mask.shape)}")
+    return _resized(np.repeat(mask[..., None], 3, axis=-1), size, "mask")[..., 0]
 
 
 def pose_video_pixels(pose_video: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -6,6 +6,8 @@ Manifest (Parquet, JSONL or CSV), one row per video; relative paths are relative
     image       required: the reference image (RGB or grayscale)
     motion      a motion file (.npz/.json) and/or
     pose_video  a skeleton video (drives the video through PadaLN, so it needs `padaln` unless a motion is given)
+    mask        optional: a grayscale region mask for the image (DynamiCtrl's region control: the image is kept
+                where it is white, blanked elsewhere, and the prompt describes the blanked region)
     prompt, negative_prompt
     num_frames, steps, guidance, gamma, seed    optional per row; an empty cell takes the config's default
 
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from models.backbones import BackboneConfig
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-PATH_FIELDS = ("image", "motion", "pose_video")
+PATH_FIELDS = ("image", "motion", "pose_video", "mask")
 
 
 # Configuration
@@ -108,6 +110,7 @@ class RenderRow(BaseModel):
     image: str
     motion: str | None = None
     pose_video: str | None = None
+    mask: str | None = None
     prompt: str = ""
     negative_prompt: str | None = None
     num_frames: int | None = Field(None, ge=1)

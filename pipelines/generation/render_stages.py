@@ -30,7 +30,7 @@ from models.body_model import load_body_model
 from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.generation.frames import image_pixels, pose_video_pixels, read_image
+from pipelines.generation.frames import image_pixels, mask_pixels, pose_video_pixels, read_image
 from pipelines.generation.render_manifest import RenderJobConfig, RenderRow
 from pipelines.generation.render_store import RenderStore, metadata_table
 from pipelines.io.arrow_arrays import pack_state, unpack_state
@@ -179,6 +179,8 @@ class PrepareStage(_Stage):
         row = validate_config(RenderRow, item.settings, source=f"manifest row {item.id!r}")
         settings = self.settings(row)
         state = {"image": image_pixels(read_image(row.image), self.size)}
+        if row.mask is not None:
+            state["mask"] = mask_pixels(read_image(row.mask, "mask"), self.size)
         available = []
         motion = None
         if row.motion is not None:
@@ -242,6 +244,7 @@ class GenerateStage(_Stage):
             window_overlap=defaults.window_overlap,
             fps=settings.get("fps"),
             warp_operator=WarpOperator.from_arrays(operator_arrays) if operator_arrays else None,
+            mask=state.get("mask"),
         )
         item.generation_seconds = time.perf_counter() - started
         item.settings["fps"] = output.fps
