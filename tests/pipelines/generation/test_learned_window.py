@@ -3,10 +3,15 @@ window and trimmed, so the learned table is used, never the sin-cos embeddings d
 
 from __future__ import annotations
 
+import asyncio
+import io
+
 import numpy as np
+import PIL.Image
 import pyarrow as pa
 import pytest
 import yaml
+from diffusers.models.embeddings import CogVideoXPatchEmbed
 from helpers import CONFIGS
 
 from models.backbones import generated_num_frames, load_backbone_config
@@ -17,6 +22,13 @@ from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.render_manifest import RenderJobConfig
 from pipelines.generation.render_stages import GenerateStage, PrepareStage, input_items, items_from_table
 from pipelines.io.motion import save_motion
+from pipelines.io.video import read_video
+from ray_jobs.cli import main
+from serve.config import ServeConfig
+from serve.jobs import JobStore
+from serve.requests import BackboneInfo, Upload
+from serve.service import JobService
+from serve.worker import GenerationWorker
 
 WINDOW = 17  # pixel frames of the learned table: 5 latent frames
 
@@ -93,8 +105,6 @@ def test_pose_video_and_padaln_follow_the_window(pipeline, body, patch_embed_fra
 
 def test_render_job_builds_the_operator_for_the_window(backbone_yaml, tmp_path):
     """The render job's CPU stage builds the warp operator the pipeline needs: the whole window, not 9 frames."""
-    import PIL.Image
-
     PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "person.png")
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
     config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out", backbone=backbone_yaml,
@@ -108,3 +118,54 @@ def test_render_job_builds_the_operator_for_the_window(backbone_yaml, tmp_path):
     rendered = items_from_table(GenerateStage(config, "cpu")(prepared))[0]
     assert rendered.status == "ok", rendered.error
     assert rendered.state["frames"].shape == (9, 32, 32, 3)
+
+
+@pytest.fixture()
+def no_sincos(monkeypatch) -> list[int]:
+    """Fails the forward of any CogVideoX patch embedding (of any pipeline the test builds) that builds sin-cos
+    embeddings; yields the latent frame counts the forwards saw."""
+    forward, seen = CogVideoXPatchEmbed.forward, []
+
+    def sincos(height, width, frames, device=None):
+        raise AssertionError(f"sin-cos positional embeddings built for {frames} frames instead of the learned table")
+
+    def guarded(self, text_embeds, image_embeds):
+        seen.append(image_embeds.shape[1])
+        self._get_positional_embeddings = sincos
+        try:
+            return forward(self, text_embeds, image_embeds)
+        finally:
+            del self._get_positional_embeddings
+
+    monkeypatch.setattr(CogVideoXPatchEmbed, "forward", guarded)
+    return seen
+
+
+def test_cli_and_http_api_run_whole_windows(backbone_yaml, tmp_path, no_sincos):
+    PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "person.png")
+    motion = make_demo_motion("walk", 9)
+    save_motion(tmp_path / "walk.npz", motion)
+    main(["generate", "--image", str(tmp_path / "person.png"), "--motion", str(tmp_path / "walk.npz"), "--steps", "1",
+          "--backbone", str(backbone_yaml), "--out", str(tmp_path / "cli.mp4")])
+    assert read_video(tmp_path / "cli.mp4")[0].shape == (9, 32, 32, 3)
+
+    config = ServeConfig.model_validate({
+        "storage_uri": str(tmp_path / "jobs"), "auth": {"required": False}, "noise_options": {"texture_size": 32},
+        "backbones": {"tiny-17": {"config": str(backbone_yaml), "device": "cpu"}},
+    })
+    store = JobStore(config.storage_uri)
+    backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
+
+    async def dispatch_nothing(record):
+        pass
+
+    service = JobService(config, store, backbones, dispatch_nothing, owner="ingress-test")
+    image, npz = io.BytesIO(), io.BytesIO()
+    PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image, "PNG")
+    np.savez(npz, **motion.to_arrays())
+    upload = Upload(image.getvalue(), motion=npz.getvalue(), fields={"num_frames": 9, "steps": 1})
+    record = asyncio.run(service.submit("c", upload, None))[0]
+    assert GenerationWorker(config, "worker-test").run(record) == "succeeded", store.record(record.id).error
+    (tmp_path / "api.mp4").write_bytes(store.result(record.id))
+    assert read_video(tmp_path / "api.mp4")[0].shape == (9, 32, 32, 3)
+    assert set(no_sincos) == {5}  # latent frames of the 17-frame window, in both
