@@ -127,7 +127,9 @@ def _image_size(data: Mapping[str, object]) -> tuple[int, int]:
         raise MotionError(f"motion key 'image_size' must be two integers [H, W], got {size.tolist()}")
     height, width = int(size[0]), int(size[1])
     if not (0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE):
-        raise MotionError(f"motion key 'image_size' must be within 1..{MAX_IMAGE_SIDE} per side, got [{height}, {width}]")
+        raise MotionError(
+            f"motion key 'image_size' must be within 1..{MAX_IMAGE_SIDE} per side, got [{height}, {width}]"
+        )
     return height, width
 
 
@@ -143,7 +145,9 @@ def _keypoints(data: Mapping[str, object], num_frames: int) -> np.ndarray | None
         return None
     keypoints = _array(data, "keypoints2d")
     if keypoints.ndim != 3 or keypoints.shape[0] != num_frames or keypoints.shape[2] != 3:
-        raise MotionError(f"motion key 'keypoints2d' must have shape [T,J,3] with T={num_frames}, got {list(keypoints.shape)}")
+        raise MotionError(
+            f"motion key 'keypoints2d' must have shape [T,J,3] with T={num_frames}, got {list(keypoints.shape)}"
+        )
     return keypoints.astype(np.float32)
 
 

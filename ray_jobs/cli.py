@@ -129,7 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     inputs = args.out / "inputs"
     render_config = load_config(
-        RenderJobConfig, render.DEFAULT_CONFIG, {"manifest": inputs / "manifest.jsonl", "output_dir": args.out / "render"}
+        RenderJobConfig, render.DEFAULT_CONFIG,
+        {"manifest": inputs / "manifest.jsonl", "output_dir": args.out / "render"},
     )
     write_demo_manifest(render_config.manifest, render_config.resolution(), args.frames)
     noise_config = load_config(

@@ -211,8 +211,9 @@ class ServeConfig(_Strict):
             self.limits.max_waiting_polls = slots // 2
         elif self.limits.max_waiting_polls >= slots:
             raise ValueError(
-                f"limits.max_waiting_polls ({self.limits.max_waiting_polls}) must be below ingress.max_ongoing_requests "
-                f"({slots}), or waiting polls can take every slot and /healthz goes unanswered"
+                f"limits.max_waiting_polls ({self.limits.max_waiting_polls}) must be below "
+                f"ingress.max_ongoing_requests ({slots}), or waiting polls can take every slot and /healthz goes "
+                "unanswered"
             )
         return self
 
