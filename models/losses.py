@@ -62,6 +62,19 @@ def consistency_loss(
 ) -> torch.Tensor:
     """GMCL: predicted vs true noise in UV space, pooled over the frames each texel is visible in.
 
+    What it is exactly, per warp rule of the row's operator:
+    - `rule: nearest` (each latent cell is one texel): the paper's Eq. 4-5. Undegrade the predicted noise, take it
+      to UV space with the transpose of the warp, average each texel over the latent frames it is visible in and
+      compare with the noise texture there (mean squared difference over visible texels and channels) -- times
+      (1-gamma)^2 / (gamma^2 + (1-gamma)^2), the weight that keeps it finite as gamma -> 1 (see below). The
+      unwarped true noise then is the texture itself, so this equals the comparison with the texture
+      (tests/models/test_losses.py checks it against the formula written out).
+    - `rule: aggregate` (the default; each cell a normalised mix of the texels its pixels see): it compares the
+      pooled projections of the predicted and the true noise, `to_uv(predicted)` vs `to_uv(noise)`, NOT the
+      texture itself: the transpose of an averaging warp is not its inverse, so the unwarped true noise is a
+      blurred, rescaled texture. The loss is still 0 exactly at the true noise and pulls the prediction towards
+      noise that is consistent across frames at each surface point.
+
     `predicted_noise` and `noise` (the degraded articulated noise that was added) are `[B, F_lat, C, h, w]`;
     each row is taken to UV space with its own operator (`to_uv`) and compared by the mean squared difference
     over its visible texels and channels (0 for a row without any), then averaged over the batch. The operators

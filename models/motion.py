@@ -41,16 +41,24 @@ class Motion:
         """Frames [start, stop) as a new motion."""
         if not 0 <= start < stop <= self.num_frames:
             raise MotionError(f"frames [{start}, {stop}) are outside the motion's {self.num_frames} frames")
-        cut = slice(start, stop)
+        return self._take(slice(start, stop))
+
+    def held(self, num_frames: int) -> Motion:
+        """The first `num_frames` frames, the last pose held (repeated) past the motion's end."""
+        if num_frames < 1:
+            raise MotionError(f"num_frames: must be >= 1, got {num_frames}")
+        return self._take(np.minimum(np.arange(num_frames), self.num_frames - 1))
+
+    def _take(self, frames: slice | np.ndarray) -> Motion:
         return Motion(
-            global_orient=self.global_orient[cut],
-            body_pose=self.body_pose[cut],
-            betas=self.betas[cut],
-            transl=self.transl[cut],
-            K=self.K[cut],
+            global_orient=self.global_orient[frames],
+            body_pose=self.body_pose[frames],
+            betas=self.betas[frames],
+            transl=self.transl[frames],
+            K=self.K[frames],
             image_size=self.image_size,
             fps=self.fps,
-            keypoints2d=None if self.keypoints2d is None else self.keypoints2d[cut],
+            keypoints2d=None if self.keypoints2d is None else self.keypoints2d[frames],
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -119,7 +127,9 @@ def _image_size(data: Mapping[str, object]) -> tuple[int, int]:
         raise MotionError(f"motion key 'image_size' must be two integers [H, W], got {size.tolist()}")
     height, width = int(size[0]), int(size[1])
     if not (0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE):
-        raise MotionError(f"motion key 'image_size' must be within 1..{MAX_IMAGE_SIDE} per side, got [{height}, {width}]")
+        raise MotionError(
+            f"motion key 'image_size' must be within 1..{MAX_IMAGE_SIDE} per side, got [{height}, {width}]"
+        )
     return height, width
 
 
@@ -135,7 +145,9 @@ def _keypoints(data: Mapping[str, object], num_frames: int) -> np.ndarray | None
         return None
     keypoints = _array(data, "keypoints2d")
     if keypoints.ndim != 3 or keypoints.shape[0] != num_frames or keypoints.shape[2] != 3:
-        raise MotionError(f"motion key 'keypoints2d' must have shape [T,J,3] with T={num_frames}, got {list(keypoints.shape)}")
+        raise MotionError(
+            f"motion key 'keypoints2d' must have shape [T,J,3] with T={num_frames}, got {list(keypoints.shape)}"
+        )
     return keypoints.astype(np.float32)
 
 

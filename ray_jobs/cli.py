@@ -131,7 +131,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     inputs = args.out / "inputs"
     render_config = load_config(
-        RenderJobConfig, render.DEFAULT_CONFIG, {"manifest": inputs / "manifest.jsonl", "output_dir": args.out / "render"}
+        RenderJobConfig, render.DEFAULT_CONFIG,
+        {"manifest": inputs / "manifest.jsonl", "output_dir": args.out / "render"},
     )
     write_demo_manifest(render_config.manifest, render_config.resolution(), args.frames)
     noise_config = load_config(
@@ -198,6 +199,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         long_video=args.long_video,
         window_overlap=args.overlap,
         output_path=args.out,
+        mask=args.mask,
     )
     frames, height, width, _ = output.frames.shape
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps,
@@ -326,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--dwpose-model", type=Path, help="DWPose's ONNX file for --detector dwpose")
     generate.add_argument("--motion", type=Path, help="motion file (.npz or .json)")
     generate.add_argument("--pose-video", type=Path, help="driving skeleton video (used with --padaln)")
+    generate.add_argument("--mask", type=Path, help="region mask for the image (grayscale; white is kept, black is "
+                          "blanked and described by the prompt: DynamiCtrl's region control)")
     generate.add_argument("--prompt", default="", help="caption of the video")
     generate.add_argument("--negative-prompt", default="", help="classifier-free guidance against this ('' = empty)")
     generate.add_argument("--out", type=Path, required=True, help="output MP4")
@@ -333,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", type=Path, default=DEFAULT_BACKBONE, help="backbone YAML (default: tiny CogVideoX)"
     )
     generate.add_argument("--frames", type=int, help="video frames (default: as many as the motion/pose video allows)")
-    generate.add_argument("--steps", type=int, default=50, help="denoising steps")
-    generate.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
+    generate.add_argument("--steps", type=int, help="denoising steps (default: the backbone family's, 50)")
+    generate.add_argument("--guidance", type=float,
+                          help="classifier-free guidance scale, 1 = off (default: the family's, CogVideoX 6, Wan 5)")
     generate.add_argument("--gamma", type=float, default=0.5, help="articulated-noise degradation in [0, 1]")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")

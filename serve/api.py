@@ -18,7 +18,7 @@ from serve.jobs import JOB_ID_PATTERN, GenerationParams, JobRecord, Progress, St
 from serve.requests import RequestError, Upload
 from serve.service import JobConflict, JobNotFound, JobService, ServiceBusy
 
-UPLOAD_FIELDS = ("image", "motion", "motion_json", "pose_video")
+UPLOAD_FIELDS = ("image", "motion", "motion_json", "pose_video", "mask")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 MAX_IDEMPOTENCY_KEY = 128
 MAX_WAIT_S = 30.0
@@ -127,7 +127,7 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
     @app.post(
         "/v1/videos", status_code=202, response_model=JobView,
         # text fields are held to max_text_field_bytes by check_form, which can name the field (Starlette cannot)
-        form_limits={"max_part_size": limits.max_body_bytes, "max_files": 3, "max_fields": 16},
+        form_limits={"max_part_size": limits.max_body_bytes, "max_files": 4, "max_fields": 16},
         responses={401: {}, 409: {}, 413: {}, 422: {}},
     )
     async def create_video(
@@ -140,6 +140,10 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         motion: Annotated[UploadFile | None, File(description="motion .npz (see DESIGN.md, 'Motion file')")] = None,
         motion_json: Annotated[str | None, Form(description="the motion as a JSON object, instead of the file")] = None,
         pose_video: Annotated[UploadFile | None, File(description="driving skeleton video")] = None,
+        mask: Annotated[UploadFile | None, File(
+            description="region mask for the image (grayscale PNG, JPEG or WebP): white is kept, black is blanked and "
+            "described by the prompt (DynamiCtrl's region control)"
+        )] = None,
         prompt: Annotated[str, Form()] = "",
         negative_prompt: Annotated[str, Form()] = "",
         num_frames: Annotated[int | None, Form(description="default: the longest the driving input allows")] = None,
@@ -168,7 +172,8 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
             "backbone": backbone, "fit": fit, "background": background,
         }
         check_form(await request.form(), {*fields, *UPLOAD_FIELDS}, limits)  # FastAPI's parse, cached
-        upload = Upload(await image.read(), await read(motion), motion_json, await read(pose_video), fields)
+        upload = Upload(await image.read(), await read(motion), motion_json, await read(pose_video), fields,
+                        await read(mask))
         record, replayed = await service.submit(client, upload, idempotency_key)
         response.headers["Location"] = str(request.url_for("get_video", job_id=record.id))
         if replayed:

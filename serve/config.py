@@ -154,7 +154,13 @@ class JobSettings(_Strict):
     lease_timeout_s: float = Field(60.0, gt=0, description="a heartbeat older than this means the holder is gone")
     reconcile_interval_s: float = Field(10.0, gt=0)
     max_attempts: int = Field(2, ge=1, description="a job whose replica was lost is retried until this many")
-    max_run_s: float = Field(3600.0, gt=0, description="a running job older than this is failed")
+    max_run_s: float = Field(
+        3600.0, gt=0, description="a running job older than this, or than its windows x steps allowance, is failed"
+    )
+    run_s_per_window_step: float = Field(
+        20.0, gt=0, description="time allowed per denoising step of one window: a long video of N windows at S steps "
+        "may run max(max_run_s, N x S x this)",
+    )
 
     @model_validator(mode="after")
     def _lease_outlives_beats(self) -> JobSettings:
@@ -166,12 +172,20 @@ class JobSettings(_Strict):
                 )
         return self
 
+    def run_limit_s(self, windows: int, steps: int) -> float:
+        """How long a job that denoises `windows` windows for `steps` steps may run."""
+        return max(self.max_run_s, windows * steps * self.run_s_per_window_step)
+
 
 class GenerationDefaults(_Strict):
     """Generation parameters a request leaves out."""
 
-    steps: int = Field(50, ge=1)
-    guidance: float = Field(6.0, ge=1)
+    steps: int | None = Field(
+        None, ge=1, description="for every backbone; None: each backbone family's own (its adapter's default)"
+    )
+    guidance: float | None = Field(
+        None, ge=1, description="for every backbone; None: each family's own (CogVideoX 6, Wan 5)"
+    )
     gamma: float = Field(0.5, ge=0, le=1)
     long_video: Literal["blend", "chain"] = "blend"
 
@@ -202,8 +216,9 @@ class ServeConfig(_Strict):
             self.limits.max_waiting_polls = slots // 2
         elif self.limits.max_waiting_polls >= slots:
             raise ValueError(
-                f"limits.max_waiting_polls ({self.limits.max_waiting_polls}) must be below ingress.max_ongoing_requests "
-                f"({slots}), or waiting polls can take every slot and /healthz goes unanswered"
+                f"limits.max_waiting_polls ({self.limits.max_waiting_polls}) must be below "
+                f"ingress.max_ongoing_requests ({slots}), or waiting polls can take every slot and /healthz goes "
+                "unanswered"
             )
         return self
 

@@ -77,6 +77,7 @@ class GenerationParams(BaseModel):
     seed: int
     articulated_noise: bool
     fps: float | None = Field(None, description="None: the pipeline's default")
+    max_run_s: float | None = Field(None, description="how long it may run; None: jobs.max_run_s")
     inputs: list[str] = Field(description="input files stored with the job (image.npy, motion.npz, pose_video.npy)")
     photo: PhotoIntake | None = Field(None, description="how the reference photo was fitted: its box and method")
 

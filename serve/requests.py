@@ -23,10 +23,11 @@ import numpy as np
 import PIL.Image
 from pydantic import ValidationError
 
-from models.backbones import VariantSpec, load_backbone_config
+from models.backbones import VariantSpec, adapter_class, load_backbone_config
 from models.motion import Motion, MotionError
 from pipelines.generation.frames import pose_video_pixels
-from pipelines.generation.photo import Photo, PhotoOptions, photo_options, prepare_photo
+from pipelines.generation.long_video import plan_windows
+from pipelines.generation.photo import PhotoOptions, fit_mask, photo_options, prepare_photo
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from pipelines.io.video import open_video
 from serve.config import BackboneEntry, Limits, ServeConfig, project_path
@@ -53,13 +54,22 @@ class BackboneInfo:
     resolution: tuple[int, int]
     window: int
     spec: VariantSpec
+    default_steps: int
+    default_guidance: float
 
     @classmethod
     def load(cls, name: str, entry: BackboneEntry) -> BackboneInfo:
         config = load_backbone_config(project_path(entry.config))
-        spec = config.spec
+        spec, family = config.spec, adapter_class(config.family)
         resolution = config.resolution or spec.default_resolution
-        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec)
+        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec,
+                   family.default_num_inference_steps, family.default_guidance_scale)
+
+    def windows(self, num_frames: int, long_video: str) -> int:
+        """How many windows the pipeline denoises for `num_frames` (its `plan_windows`, default overlap)."""
+        latent = self.spec.latent_num_frames
+        overlap = 1 if long_video == "chain" else None
+        return len(plan_windows(latent(num_frames), latent(self.window), overlap))
 
 
 @dataclass
@@ -71,11 +81,12 @@ class Upload:
     motion_json: str | None = None
     pose_video: bytes | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    mask: bytes | None = None
 
     def fingerprint(self) -> str:
         """Identifies the request, so a reused Idempotency-Key with another request can be refused."""
         digest = hashlib.sha256(json.dumps(self.fields, sort_keys=True, default=str).encode())
-        for part in (self.image, self.motion, (self.motion_json or "").encode(), self.pose_video):
+        for part in (self.image, self.motion, (self.motion_json or "").encode(), self.pose_video, self.mask):
             digest.update(hashlib.sha256(part or b"").digest())
         return digest.hexdigest()
 
@@ -101,29 +112,28 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _too_many_pixels(size: str, limits: Limits) -> RequestError:
-    return RequestError(f"image: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
+def _too_many_pixels(size: str, limits: Limits, name: str = "image") -> RequestError:
+    return RequestError(f"{name}: {size} pixels; at most {limits.max_image_pixels} are accepted", 413)
 
 
-def decode_image(data: bytes, limits: Limits, size: tuple[int, int], options: PhotoOptions | None = None) -> Photo:
-    """The reference photo fitted to `size` (uint8 `[H, W, 3]`) and its intake; its pixel count is checked before
-    decoding."""
+def decode_image(data: bytes, limits: Limits, name: str = "image") -> PIL.Image.Image:
+    """An uploaded image (the reference photo, or the upload `name`), decoded once its pixel count is checked."""
     try:
         image = PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except PIL.Image.DecompressionBombError as err:  # PIL's own, larger limit, checked from the header too
-        pixels = re.search(r"\((\d+) pixels\)", str(err))
-        raise _too_many_pixels(pixels.group(1) if pixels else "more than PIL's limit of", limits) from None
+        count = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_many_pixels(count.group(1) if count else "more than PIL's limit of", limits, name) from None
     except (PIL.UnidentifiedImageError, OSError):
-        raise RequestError(f"image: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
+        raise RequestError(f"{name}: not a {', '.join(IMAGE_FORMATS)} image PIL can read") from None
     with image:
         width, height = image.size
         if width * height > limits.max_image_pixels:
-            raise _too_many_pixels(f"{width}x{height} is {width * height}", limits)
+            raise _too_many_pixels(f"{width}x{height} is {width * height}", limits, name)
         try:
             image.load()
         except (OSError, ValueError) as err:
-            raise RequestError(f"image: could not be decoded: {err}") from None
-        return prepare_photo(image, size, options)
+            raise RequestError(f"{name}: could not be decoded: {err}") from None
+        return image.copy()
 
 
 def _check_npz_size(data: bytes, limit: int) -> None:
@@ -179,6 +189,11 @@ def decode_pose_video(data: bytes, limits: Limits, size: tuple[int, int]) -> tup
     if not frames:
         raise RequestError("pose_video: holds no frames")
     return np.stack(frames), fps
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None: a request's own, the config's, the backbone family's."""
+    return next(value for value in values if value is not None)
 
 
 def _number(fields: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
@@ -241,13 +256,16 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     for key, text in prompts.items():
         if len(text) > limits.max_prompt_chars:
             raise RequestError(f"{key}: {len(text)} characters; at most {limits.max_prompt_chars} are accepted")
-    steps = defaults.steps if fields.get("steps") is None else fields["steps"]
+    steps = _first(fields.get("steps"), defaults.steps, backbone.default_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limits.max_steps:
         raise RequestError(f"steps: must be an integer in [1, {limits.max_steps}], got {steps!r}")
     seed = fields.get("seed")
     seed = secrets.randbelow(MAX_SEED) if seed is None else int(_number(fields, "seed", 0, 0, MAX_SEED))
     try:
-        photo = decode_image(upload.image, limits, backbone.resolution, _photo_options(fields, config))
+        photo = prepare_photo(decode_image(upload.image, limits), backbone.resolution, _photo_options(fields, config))
+        mask = None if upload.mask is None else fit_mask(
+            decode_image(upload.mask, limits, "mask"), photo.intake, backbone.resolution
+        )
         motion = decode_motion(upload.motion, upload.motion_json, limits)
         pose_video, video_fps = (None, None) if upload.pose_video is None else decode_pose_video(
             upload.pose_video, limits, backbone.resolution
@@ -270,6 +288,8 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     num_frames = _num_frames(fields.get("num_frames"), available, backbone, limits)
 
     inputs = {"image.npy": _npy(photo.pixels)}
+    if mask is not None:
+        inputs["mask.npy"] = _npy(mask)
     if motion is not None:
         inputs["motion.npz"] = _npz(motion.slice(0, num_frames).to_arrays())
     if pose_video is not None:
@@ -280,12 +300,13 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
         num_frames=num_frames,
         resolution=backbone.resolution,
         steps=steps,
-        guidance=_number(fields, "guidance", defaults.guidance, 1.0, MAX_GUIDANCE),
+        guidance=_number(fields, "guidance", _first(defaults.guidance, backbone.default_guidance), 1.0, MAX_GUIDANCE),
         gamma=_number(fields, "gamma", defaults.gamma, 0.0, 1.0),
         seed=seed,
         articulated_noise=articulated,
         fps=motion.fps if motion is not None else video_fps or None,
         inputs=sorted(inputs),
         photo=photo.intake,
+        max_run_s=config.jobs.run_limit_s(backbone.windows(num_frames, defaults.long_video), steps),
     )
     return Submission(params, "long_video" if num_frames > backbone.window else "generation", inputs)

@@ -219,10 +219,10 @@ class JobService:
                 silent = now - (record.heartbeat_at or record.started_at or record.created_at)
                 if silent > jobs.lease_timeout_s:
                     lost.append((record, f"generation replica lost: no heartbeat for {silent:.0f} s"))
-                elif now - (record.started_at or now) > jobs.max_run_s:
+                elif now - (record.started_at or now) > (limit := record.params.max_run_s or jobs.max_run_s):
                     self.store.request_cancel(job_id)
                     self.store.finish(record.moved(
-                        status="failed", finished_at=now, error=f"timed out: ran longer than {jobs.max_run_s:g} s"
+                        status="failed", finished_at=now, error=f"timed out: ran longer than {limit:g} s"
                     ))
             elif job_id not in self._in_flight and (
                 record.owner == self.owner or not self.store.owner_alive(record.owner, jobs.lease_timeout_s)

@@ -164,6 +164,7 @@ class GenerationWorker:
             long_video=self.config.defaults.long_video,
             fps=params.fps,
             callback=lease.step,
+            mask=array("mask.npy"),
         )
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "video.mp4"

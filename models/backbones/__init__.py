@@ -2,7 +2,7 @@
 
 from .base import BackboneAdapter, Conditioning
 from .cogvideox import CogVideoXAdapter
-from .config import BackboneConfig, LoraSettings, TinySettings, VariantSpec, load_backbone_config
+from .config import BackboneConfig, LoraSettings, TinySettings, VariantSpec, generated_num_frames, load_backbone_config
 from .registry import adapter_class, build_adapter
 from .wan import WanAdapter
 
@@ -17,5 +17,6 @@ __all__ = [
     "WanAdapter",
     "adapter_class",
     "build_adapter",
+    "generated_num_frames",
     "load_backbone_config",
 ]

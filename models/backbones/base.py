@@ -20,7 +20,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .config import VARIANTS, BackboneConfig
+from .config import VARIANTS, BackboneConfig, generated_num_frames
 
 
 @dataclass
@@ -77,6 +77,10 @@ class BackboneAdapter(ABC):
     # Classifier-free guidance as one batch of 2 (diffusers' CogVideoX) or as two passes (diffusers' Wan, which also
     # halves the activations of a 14B model): following the family's own pipeline keeps the numbers identical.
     guidance_in_one_batch: ClassVar[bool] = True
+    # Sampling defaults of the family's own diffusers pipeline (`__call__`'s num_inference_steps, guidance_scale):
+    # the one source for the pipeline, the CLI, the render job and the HTTP API when a request leaves them out.
+    default_num_inference_steps: ClassVar[int]
+    default_guidance_scale: ClassVar[float]
     # Components kept in float32 whatever the configured dtype.
     float32_components: ClassVar[tuple[str, ...]] = ()
 
@@ -96,7 +100,13 @@ class BackboneAdapter(ABC):
                 f"got {config.resolution}"
             )
         self.resolution: tuple[int, int] = config.resolution or fixed or self.spec.default_resolution
-        self.num_frames: int = config.num_frames or self.spec.default_num_frames
+        window = self.fixed_num_frames
+        if window is not None and config.num_frames not in (None, window):
+            raise ValueError(
+                f"num_frames: this {self.spec.name} transformer has learned positional embeddings for {window} "
+                f"frames; got {config.num_frames}"
+            )
+        self.num_frames: int = config.num_frames or window or self.spec.default_num_frames
 
     # Construction
 
@@ -207,6 +217,21 @@ class BackboneAdapter(ABC):
     def fixed_resolution(self) -> tuple[int, int] | None:
         """The only (height, width) the transformer accepts, if it has one."""
         return None
+
+    @property
+    def fixed_num_frames(self) -> int | None:
+        """The only frame count the transformer's positional embeddings were trained at, if it has one: every
+        generation runs whole windows of it (see `generated_num_frames`)."""
+        return None
+
+    @classmethod
+    def config_fixed_num_frames(cls, config: BackboneConfig) -> int | None:
+        """`fixed_num_frames` of the model `config` builds, read without loading any weights."""
+        return None
+
+    def generated_num_frames(self, num_frames: int) -> int:
+        """Frames to generate for a video of `num_frames`: at least the fixed window, trimmed afterwards."""
+        return generated_num_frames(num_frames, self.fixed_num_frames)
 
     def check_num_frames(self, num_frames: int) -> None:
         """Raise a ValueError naming the valid counts unless `num_frames` fits this variant."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class CogVideoXAdapter(BackboneAdapter):
     family = "cogvideox"
     pipeline_class = CogVideoXImageToVideoPipeline
     prediction_type = "v_prediction"
+    default_num_inference_steps = 50  # CogVideoXImageToVideoPipeline.__call__
+    default_guidance_scale = 6.0
     required_files = {
         **model_files("transformer", "CogVideoXTransformer3DModel"),
         **model_files("vae", "AutoencoderKLCogVideoX"),
@@ -119,18 +121,14 @@ class CogVideoXAdapter(BackboneAdapter):
         vae = AutoencoderKLCogVideoX(**{**_TINY_VAE, **_TINY_VAE_VARIANT[variant], **tiny.vae})
         latent_channels = vae.config.latent_channels
         spatial = 2 ** (len(vae.config.block_out_channels) - 1)
-        settings = {**_TINY_TRANSFORMER, **_TINY_TRANSFORMER_VARIANT[variant], **tiny.transformer}
-        if settings.get("ofs_embed_dim"):
-            settings["ofs_embed_dim"] = settings["time_embed_dim"]  # the ofs embedding is added to the time embedding
         transformer = CogVideoXTransformer3DModel(
             **{
-                **settings,
+                **cls._tiny_transformer_settings(config),
                 "in_channels": 2 * latent_channels,
                 "out_channels": latent_channels,
                 "text_embed_dim": text_encoder.config.d_model,
                 "sample_height": height // spatial,
                 "sample_width": width // spatial,
-                "sample_frames": config.num_frames or config.spec.default_num_frames,
             }
         )
         scheduler = _SCHEDULERS[config.scheduler or "ddim"].from_config(_SCHEDULER_CONFIG)
@@ -141,6 +139,35 @@ class CogVideoXAdapter(BackboneAdapter):
             "transformer": transformer,
             "scheduler": scheduler,
         }
+
+    @staticmethod
+    def _tiny_transformer_settings(config: BackboneConfig) -> dict[str, Any]:
+        """The tiny transformer's settings that do not depend on the other components."""
+        settings = {**_TINY_TRANSFORMER, **_TINY_TRANSFORMER_VARIANT[config.variant], **config.tiny.transformer}
+        if settings.get("ofs_embed_dim"):
+            settings["ofs_embed_dim"] = settings["time_embed_dim"]  # the ofs embedding is added to the time embedding
+        return {**settings, "sample_frames": config.num_frames or config.spec.default_num_frames}
+
+    @staticmethod
+    def _learned_num_frames(transformer_config: Mapping[str, Any]) -> int | None:
+        """diffusers' `CogVideoXPatchEmbed` adds its learned positional table only at `sample_frames` pixel frames;
+        at any other count it silently swaps in sin-cos embeddings the released weights never saw."""
+        if not transformer_config.get("use_learned_positional_embeddings"):
+            return None
+        return int(transformer_config.get("sample_frames", 49))
+
+    @property
+    def fixed_num_frames(self) -> int | None:
+        return self._learned_num_frames(self.transformer.config)
+
+    @classmethod
+    def config_fixed_num_frames(cls, config: BackboneConfig) -> int | None:
+        if config.tiny is not None:
+            return cls._learned_num_frames(cls._tiny_transformer_settings(config))
+        cls.check_folder(config.path, config.variant)
+        return cls._learned_num_frames(
+            CogVideoXTransformer3DModel.load_config(config.path, subfolder="transformer", local_files_only=True)
+        )
 
     @property
     def fixed_resolution(self) -> tuple[int, int] | None:

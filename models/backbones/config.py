@@ -21,6 +21,7 @@ class VariantSpec:
     frame_rule: str
     default_num_frames: int
     default_resolution: tuple[int, int]
+    temporal_factor: int = 4  # the VAE's: frame 0 alone, then groups of 4
 
     def check_num_frames(self, num_frames: int) -> None:
         """Raise a ValueError saying which frame counts are valid unless `num_frames` is one of them."""
@@ -29,11 +30,22 @@ class VariantSpec:
                 f"{self.name} needs {self.frame_rule}, e.g. {self.default_num_frames}; got {num_frames}"
             )
 
+    def latent_num_frames(self, num_frames: int) -> int:
+        """Latent frames of a `num_frames` video (the adapters' own count, without loading the VAE)."""
+        return (num_frames - 1) // self.temporal_factor + 1
+
     def longest_num_frames(self, available: int) -> int:
         """The longest valid frame count that `available` driving frames cover."""
         if available < 1:
             raise ValueError(f"num_frames: the driving input has no frames ({available})")
         return available - (available - 1) % self.frame_period
+
+
+def generated_num_frames(num_frames: int, fixed_num_frames: int | None) -> int:
+    """Frames to generate for a video of `num_frames` on a model whose positional embeddings exist only at
+    `fixed_num_frames` (None: any count): a shorter video is generated at the full window and trimmed, so the
+    model never runs at a frame count its weights never saw; a longer one is already made of such windows."""
+    return num_frames if fixed_num_frames is None else max(num_frames, fixed_num_frames)
 
 
 VARIANTS: dict[str, dict[str, VariantSpec]] = {

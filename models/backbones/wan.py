@@ -97,6 +97,8 @@ class WanAdapter(BackboneAdapter):
     family = "wan"
     pipeline_class = WanImageToVideoPipeline
     prediction_type = "flow_prediction"
+    default_num_inference_steps = 50  # WanImageToVideoPipeline.__call__ (Wan2.1's own generate.py: 40 for I2V)
+    default_guidance_scale = 5.0
     required_files = {
         **model_files("transformer", "WanTransformer3DModel"),
         **model_files("vae", "AutoencoderKLWan"),

@@ -9,6 +9,9 @@ Input rules (each broken rule is a ValueError that starts with the field's name)
 - `motion`: a `Motion` or a motion file; validated against the motion contract (no NaN or inf).
 - `num_frames`: a count the backbone takes (its adapter's `check_num_frames`); by default the longest one
   the driving input covers. Motion and pose video must have the same length when both are given.
+  A model whose learned positional embeddings exist only at its window (CogVideoX-5B-I2V: 49 frames) always
+  generates whole windows: a shorter video is generated at the window, driven by the motion's next frames or,
+  past its end, its last pose held, and trimmed to `num_frames` (`BackboneAdapter.generated_num_frames`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from models.backbones.config import RESOLUTION_MULTIPLE
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.noise_warp import WarpOperator, degrade
-from models.padaln import PadaLN
+from models.padaln import PadaLN, mask_reference
 from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
-from pipelines.generation.frames import pose_video_pixels, to_model_pixels, to_uint8
+from pipelines.generation.frames import held_frames, pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
-from pipelines.generation.photo import prepare_photo
+from pipelines.generation.photo import fit_mask, prepare_photo
 from pipelines.io.motion import load_motion
 from pipelines.io.video import read_video, write_video
 
@@ -88,11 +91,13 @@ class _Request:
 
     image: np.ndarray  # uint8 [H, W, 3]
     motion: Motion | None
-    pose_video: np.ndarray | None  # uint8 [T, H, W, 3], first num_frames frames
-    num_frames: int
+    pose_video: np.ndarray | None  # uint8 [T, H, W, 3], num_frames frames
+    num_frames: int  # generated: at least the window of a model with learned positional embeddings
+    output_frames: int  # asked for: the generated video is trimmed to it
     resolution: tuple[int, int]
     fps: float
     use_padaln: bool
+    mask: np.ndarray | None = None  # uint8 [H, W]: region of the reference image kept (DynamiCtrl)
 
 
 class AnimationPipeline:
@@ -181,6 +186,7 @@ class AnimationPipeline:
         fps: float | None,
         articulated_noise: bool,
         use_padaln: bool | None,
+        mask: PIL.Image.Image | np.ndarray | str | Path | None = None,
     ) -> _Request:
         if motion is None and pose_video is None:
             raise ValueError("motion/pose_video: give a motion, a pose video, or both")
@@ -209,15 +215,19 @@ class AnimationPipeline:
                 "they drive the same video and must have the same length"
             )
         count = self._num_frames(num_frames, motion.num_frames if motion is not None else len(pose_video))
+        generated = self.adapter.generated_num_frames(count)
         fps = fps or (motion.fps if motion is not None else video_fps) or DEFAULT_FPS
+        photo = prepare_photo(image, size)
         return _Request(
-            image=prepare_photo(image, size).pixels,
-            motion=motion,
-            pose_video=None if pose_video is None else pose_video[:count],
-            num_frames=count,
+            image=photo.pixels,
+            motion=None if motion is None else motion.held(generated),
+            pose_video=None if pose_video is None else held_frames(pose_video, generated),
+            num_frames=generated,
+            output_frames=count,
             resolution=size,
             fps=_number_in("fps", fps, 1e-3),
             use_padaln=use_padaln,
+            mask=None if mask is None else fit_mask(mask, photo.intake, size),
         )
 
     # Generation
@@ -284,9 +294,11 @@ class AnimationPipeline:
 
     def _conditioning(
         self, image: np.ndarray, prompt: str, negative_prompt: str, num_frames: int, guided: bool,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None, mask: np.ndarray | None = None,
     ) -> Conditioning:
         pixels = to_model_pixels(image, self.adapter.device)[None]
+        if mask is not None:  # DynamiCtrl's region control: the prompt describes what the mask blanks out
+            pixels = mask_reference(pixels, torch.from_numpy(mask).to(pixels.device).float() / 255)
         conditioning = self.adapter.encode_conditioning(
             pixels, prompt, num_frames, negative_prompt=negative_prompt if guided else None, generator=generator
         )
@@ -316,8 +328,8 @@ class AnimationPipeline:
         negative_prompt: str = "",
         num_frames: int | None = None,
         resolution: tuple[int, int] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 6.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         gamma: float = 0.5,
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -329,13 +341,15 @@ class AnimationPipeline:
         output_path: str | Path | None = None,
         callback: ProgressCallback | None = None,
         warp_operator: WarpOperator | None = None,
+        mask: PIL.Image.Image | np.ndarray | str | Path | None = None,
     ) -> AnimationOutput:
         """Animate `image` following `motion` and/or `pose_video`.
 
         Args:
             gamma: degradation of the articulated noise in [0, 1] (0: warped noise only, 1: fresh noise only).
+            num_inference_steps: denoising steps (default: the family's, `adapter.default_num_inference_steps`).
             guidance_scale: classifier-free guidance against `negative_prompt` ('' is the empty prompt);
-                1 turns it off.
+                1 turns it off (default: the family's, `adapter.default_guidance_scale`).
             seed / generator: one or the other (or neither, for torch's global generator); the same seed
                 gives the same video. Noise is drawn on the generator's device (CPU for a seed).
             articulated_noise: start from the motion's degraded articulated noise instead of i.i.d. noise.
@@ -349,10 +363,18 @@ class AnimationPipeline:
             warp_operator: the motion's articulated-noise operator when built beforehand (e.g. on a CPU worker
                 with `video_noise_operator` and this pipeline's noise options); built here when None.
             output_path: also write the video there as an MP4.
+            mask: region-level control (DynamiCtrl): the reference image is kept where the mask is white and
+                blanked (black) elsewhere before it is encoded, so the prompt decides what the blanked region shows
+                (e.g. the clothes). A grayscale/1-bit image, its file, or a uint8/bool array `[H, W]` the size of
+                `image`, fitted with the same box (`pipelines.generation.photo.fit_mask`).
         """
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt/negative_prompt: must be strings")
         gamma = _number_in("gamma", gamma, 0.0, 1.0)
+        if guidance_scale is None:
+            guidance_scale = self.adapter.default_guidance_scale
+        if num_inference_steps is None:
+            num_inference_steps = self.adapter.default_num_inference_steps
         guidance_scale = _number_in("guidance_scale", guidance_scale, 1.0)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")
@@ -363,7 +385,7 @@ class AnimationPipeline:
         if seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         request = self._request(
-            image, motion, pose_video, num_frames, resolution, fps, articulated_noise, use_padaln
+            image, motion, pose_video, num_frames, resolution, fps, articulated_noise, use_padaln, mask
         )
 
         temporal = self.adapter.temporal_factor
@@ -376,7 +398,7 @@ class AnimationPipeline:
         # Random draws in a fixed order (noise, image, pose), so switching PadaLN on changes no earlier draw.
         noise = self._initial_noise(request, gamma, articulated_noise, generator, warp_operator)
         conditioning = self._conditioning(
-            request.image, prompt, negative_prompt, window_frames, guided, generator
+            request.image, prompt, negative_prompt, window_frames, guided, generator, request.mask
         )
         pose_latents = self._pose_latents(request, windows, generator)
 
@@ -406,6 +428,7 @@ class AnimationPipeline:
                 )
                 frames[written : span.stop] = decoded[written - span.start :]
                 written = span.stop
+        frames = frames[: request.output_frames]
         if output_path is not None:
             write_video(output_path, frames, request.fps)
         return AnimationOutput(frames=frames, fps=request.fps)

@@ -34,6 +34,11 @@ def pose_video_pixels(pose_video: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return _resized(pose_video, size, "pose_video")
 
 
+def held_frames(frames: np.ndarray, num_frames: int) -> np.ndarray:
+    """The first `num_frames` frames `[T, ...]`, the last one repeated past the end (a held pose)."""
+    return frames[np.minimum(np.arange(num_frames), len(frames) - 1)]
+
+
 def to_model_pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 `[..., H, W, 3]` -> float `[..., 3, H, W]` in [-1, 1], mapped as diffusers maps a PIL image."""
     pixels = torch.from_numpy(np.array(frames)).to(device).movedim(-1, -3)  # a copy: PIL arrays are read-only

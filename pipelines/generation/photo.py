@@ -169,15 +169,16 @@ class Photo:
 # Reading
 
 
-def read_image(path: str | Path) -> PIL.Image.Image:
-    """A reference image file, opened and loaded (orientation and mode are handled by `prepare_photo`)."""
+def read_image(path: str | Path, field: str = "image") -> PIL.Image.Image:
+    """An image file for `field` (the reference photo, or its region mask), opened and loaded (orientation and mode
+    are handled by `prepare_photo` / `fit_mask`)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"image: file not found: {path}")
+        raise FileNotFoundError(f"{field}: file not found: {path}")
     try:
         with PIL.Image.open(path) as opened:
             return opened.copy()
     except PIL.UnidentifiedImageError:
-        raise ValueError(f"image: {path} is not an image file PIL can read") from None
+        raise ValueError(f"{field}: {path} is not an image file PIL can read") from None
 
 
 def upright(image: PIL.Image.Image) -> tuple[PIL.Image.Image, int]:
@@ -344,6 +345,32 @@ def prepare_photo(
         flattened=alpha is not None, note=note,
     )
     return Photo(pixels, intake, None if keypoints is None else _to_output(keypoints, box, size, rgb.shape[:2]))
+
+
+def fit_mask(mask: PIL.Image.Image | np.ndarray | str | Path, intake: PhotoIntake, size: tuple[int, int]) -> np.ndarray:
+    """A region mask drawn on the photo (255 keeps a pixel, 0 blanks it: a grayscale or 1-bit image, or a uint8/bool
+    array `[H, W]`), put through the photo's EXIF orientation and box: uint8 `[H, W]` at `size`. Where the box
+    reaches past the photo (`fit: pad`) everything is kept."""
+    if isinstance(mask, (str, Path)):
+        mask = read_image(mask, "mask")
+    if isinstance(mask, PIL.Image.Image):
+        mask, _ = upright(mask)
+        if mask.mode not in ("L", "1"):
+            raise PhotoError(f"mask: mode {mask.mode} is not accepted; pass a grayscale (L) or 1-bit image")
+        mask = np.asarray(mask.convert("L"))
+    elif not isinstance(mask, np.ndarray):
+        raise PhotoError(f"mask: expected an image or a uint8/bool array, got {type(mask).__name__}")
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8) * 255
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise PhotoError(f"mask: expected a uint8 or bool array [H, W], got {mask.dtype} {list(mask.shape)}")
+    if mask.shape != (intake.source_height, intake.source_width):
+        raise PhotoError(f"mask: size {mask.shape[0]}x{mask.shape[1]} differs from the photo's "
+                         f"{intake.source_height}x{intake.source_width} (HxW, upright)")
+    box = intake.box()
+    # PIL's crop fills what lies outside the photo with 0: crop the inverse, so that outside comes back kept.
+    dropped = PIL.Image.fromarray(255 - mask).crop((box.x0, box.y0, box.x0 + box.width, box.y0 + box.height))
+    return 255 - np.asarray(dropped.resize(size[::-1], PIL.Image.Resampling.BILINEAR))
 
 
 def _to_output(keypoints: np.ndarray, box: CropBox, size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:

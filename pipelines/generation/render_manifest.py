@@ -8,6 +8,8 @@ Manifest (Parquet, JSONL or CSV), one row per video; relative paths are relative
                        ([r, g, b], "r,g,b" or "#rrggbb"); an empty cell takes the config's `photo:`
     motion      a motion file (.npz/.json) and/or
     pose_video  a skeleton video (drives the video through PadaLN, so it needs `padaln` unless a motion is given)
+    mask        optional: a grayscale region mask for the image (DynamiCtrl's region control: the image is kept
+                where it is white, blanked elsewhere, and the prompt describes the blanked region)
     prompt, negative_prompt
     num_frames, steps, guidance, gamma, seed    optional per row; an empty cell takes the config's default
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from models.backbones import BackboneConfig
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-PATH_FIELDS = ("image", "motion", "pose_video")
+PATH_FIELDS = ("image", "motion", "pose_video", "mask")
 
 
 # Configuration
@@ -46,8 +48,10 @@ class RenderDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_frames: int | None = Field(None, ge=1, description="None: the longest count the driving input allows")
-    steps: int = Field(50, ge=1, description="denoising steps")
-    guidance: float = Field(6.0, ge=1, description="classifier-free guidance scale (1 = off)")
+    steps: int | None = Field(None, ge=1, description="denoising steps; None: the backbone family's")
+    guidance: float | None = Field(
+        None, ge=1, description="classifier-free guidance scale (1 = off); None: the backbone family's"
+    )
     gamma: float = Field(0.5, ge=0, le=1, description="articulated-noise degradation")
     seed: int = 0
     negative_prompt: str = ""
@@ -110,6 +114,7 @@ class RenderRow(BaseModel):
     image: str
     motion: str | None = None
     pose_video: str | None = None
+    mask: str | None = None
     prompt: str = ""
     negative_prompt: str | None = None
     num_frames: int | None = Field(None, ge=1)

@@ -18,6 +18,7 @@ encode actors start without it (it takes seconds to import).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import pose_video_pixels
-from pipelines.generation.photo import PhotoIntake, photo_detector, photo_options, prepare_photo, read_image
+from pipelines.generation.photo import PhotoIntake, fit_mask, photo_detector, photo_options, prepare_photo, read_image
 from pipelines.generation.render_manifest import RenderJobConfig, RenderRow
 from pipelines.generation.render_store import RenderStore, metadata_table
 from pipelines.io.arrow_arrays import pack_state, unpack_state
@@ -135,8 +136,14 @@ class PrepareStage(_Stage):
     name = "prepare"
 
     def __init__(self, config: RenderJobConfig) -> None:
+        from models.backbones import adapter_class, generated_num_frames  # imports diffusers: prepare actors only
+
         self.config = config
-        self.spec = config.backbone_config().spec
+        backbone = config.backbone_config()
+        self.spec = backbone.spec
+        self.family = adapter_class(backbone.family)
+        fixed = self.family.config_fixed_num_frames(backbone)
+        self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
         self.detector = photo_detector(config.photo)  # built once: a missing backend stops the stage at start
@@ -170,8 +177,8 @@ class PrepareStage(_Stage):
             "prompt": row.prompt,
             "negative_prompt": pick(row.negative_prompt, defaults.negative_prompt),
             "num_frames": num_frames,
-            "steps": pick(row.steps, defaults.steps),
-            "guidance": pick(row.guidance, defaults.guidance),
+            "steps": pick(row.steps, pick(defaults.steps, self.family.default_num_inference_steps)),
+            "guidance": pick(row.guidance, pick(defaults.guidance, self.family.default_guidance_scale)),
             "gamma": pick(row.gamma, defaults.gamma),
             "seed": pick(row.seed, defaults.seed),
             "articulated_noise": defaults.articulated_noise and row.motion is not None,
@@ -183,6 +190,8 @@ class PrepareStage(_Stage):
         image, intake = self.photo(row)
         settings["photo"] = intake.model_dump()
         state = {"image": image}
+        if row.mask is not None:
+            state["mask"] = fit_mask(row.mask, intake, self.size)
         available = []
         motion = None
         if row.motion is not None:
@@ -202,7 +211,9 @@ class PrepareStage(_Stage):
                 f"num_frames: {settings['num_frames']} requested but the driving input has only {min(available)} frames"
             )
         if settings["articulated_noise"]:
-            operator = video_noise_operator(motion, self.body, self.config.noise, settings["num_frames"], self.size)
+            # The pipeline's own frame rule: a model with learned positional embeddings generates whole windows.
+            generated = self.generated_num_frames(settings["num_frames"])
+            operator = video_noise_operator(motion.held(generated), self.body, self.config.noise, generated, self.size)
             state.update({f"operator.{key}": value for key, value in operator.to_arrays().items()})
         item.settings, item.state = settings, state
 
@@ -244,6 +255,7 @@ class GenerateStage(_Stage):
             window_overlap=defaults.window_overlap,
             fps=settings.get("fps"),
             warp_operator=WarpOperator.from_arrays(operator_arrays) if operator_arrays else None,
+            mask=state.get("mask"),
         )
         item.generation_seconds = time.perf_counter() - started
         item.settings["fps"] = output.fps

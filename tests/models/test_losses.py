@@ -86,6 +86,54 @@ def test_gmcl_equals_the_weighted_undegraded_comparison(walk, gamma):
     torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=0)
 
 
+def dense_warp(operator):
+    """The operator as a dense matrix `[cells, sources]` (cells in `[F_lat, h, w]` order)."""
+    sources = torch.eye(operator.num_sources, dtype=torch.float64)
+    return operator.apply(sources).permute(0, 2, 3, 1).reshape(operator.num_cells, operator.num_sources)
+
+
+def paper_gmcl(predicted, fresh, gamma, operator, texture):
+    """HumANDiff's Eq. 4-5 written out: undegrade the prediction, unwarp it to UV with the transpose of the
+    warp, pool each texel over the latent frames it is visible in, compare with the noise texture there."""
+    frames, height, width = operator.latent_shape
+    warp = dense_warp(operator)[:, : operator.num_texels]  # texel columns
+    cells = undegrade(predicted, fresh, gamma).permute(0, 2, 3, 1).reshape(operator.num_cells, -1)
+    seen_in = (warp != 0).reshape(frames, height * width, -1).any(dim=1).sum(dim=0)  # frames per texel
+    visible = seen_in > 0
+    pooled = (warp.T @ cells)[visible] / seen_in[visible, None]
+    return (pooled - texture[visible]).square().mean()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.9])
+def test_gmcl_with_the_nearest_rule_is_the_papers_equation_times_its_weight(body, gamma):
+    """Nearest rule: each cell is one texel, so the unwarped true noise is the texture itself and GMCL is the
+    paper's comparison with the texture, weighted by (1-gamma)^2 / (gamma^2 + (1-gamma)^2)."""
+    operator, _ = build_motion_operator(make_demo_motion("walk", 9), body, NOISE.model_copy(update={"rule": "nearest"}))
+    generator = torch.Generator().manual_seed(0)
+    sources = operator.sample_sources(NOISE.channels, generator).double()
+    texture = sources[: operator.num_texels]
+    warped = operator.apply(sources)
+    fresh = torch.randn(warped.shape, generator=generator, dtype=warped.dtype)
+    noise = degrade(warped, fresh, gamma)
+    predicted = noise + 0.1 * torch.randn(noise.shape, generator=generator, dtype=noise.dtype)
+    weight = (1 - gamma) ** 2 / (gamma**2 + (1 - gamma) ** 2)
+    expected = weight * paper_gmcl(predicted, fresh, gamma, operator, texture)
+    assert expected > 0
+    torch.testing.assert_close(consistency_loss(predicted[None], noise[None], [operator]), expected.float(), rtol=1e-5,
+                               atol=0)
+
+
+def test_gmcl_with_aggregation_compares_pooled_projections_not_the_texture(walk):
+    """Aggregation mixes several texels per cell: the unwarped true noise is a pooled projection of the texture,
+    not the texture, so GMCL (0 at the true noise) differs from the paper's comparison with the texture."""
+    operator, _ = walk
+    sources = operator.sample_sources(NOISE.channels, torch.Generator().manual_seed(0)).double()
+    noise = operator.apply(sources)
+    texture = sources[: operator.num_texels]
+    assert consistency_loss(noise[None], noise[None], [operator]).item() == 0.0
+    assert paper_gmcl(noise, torch.zeros_like(noise), 0.0, operator, texture) > 0.01
+
+
 def test_gmcl_row_without_a_body_contributes_zero(walk):
     operator, _ = walk
     absent = absent_body_operator()

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from pipelines.generation.photo import (
     PhotoError,
     PhotoOptions,
+    fit_mask,
     parse_background,
     photo_options,
     prepare_photo,
@@ -129,3 +130,23 @@ def test_astronaut_photo_any_size_through_the_defaults():
     skimage_data = pytest.importorskip("skimage.data")
     photo = prepare_photo(skimage_data.astronaut()[:, 100:400], LANDSCAPE)
     assert photo.pixels.shape == (*LANDSCAPE, 3) and photo.intake.source_width == 300
+
+
+@pytest.mark.parametrize("fit", ["centre", "pad"])
+def test_a_region_mask_is_fitted_with_the_photos_box(fit):
+    """A mask drawn on the photo keeps the same pixels after intake: where it is white, the photo is red."""
+    photo = np.zeros((120, 60, 3), np.uint8)  # portrait, into a landscape output
+    photo[40:70, 20:45] = (255, 0, 0)
+    mask = np.zeros((120, 60), np.uint8)
+    mask[40:70, 20:45] = 255
+    fitted = prepare_photo(photo, (32, 48), PhotoOptions(fit=fit))
+    kept = fit_mask(mask, fitted.intake, (32, 48))
+    assert kept.shape == (32, 48)
+    red = (fitted.pixels[..., 0] > 127) & (fitted.pixels[..., 1] < 127)
+    inside = kept > 127
+    letterbox = (fitted.pixels > 200).all(-1)  # fit: pad's white bars: outside the photo, the mask keeps all
+    assert red.any() and (inside == red)[~letterbox].mean() > 0.97 and inside[letterbox].all()
+    with pytest.raises(PhotoError, match="mask: size 10x10 differs"):
+        fit_mask(np.zeros((10, 10), np.uint8), fitted.intake, (32, 48))
+    with pytest.raises(PhotoError, match="mask: mode RGB"):
+        fit_mask(PIL.Image.fromarray(photo), fitted.intake, (32, 48))

@@ -1,0 +1,60 @@
+"""The pipeline, `humanim generate` and the render job take the backbone family's steps and guidance when left out."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pytest
+from helpers import CONFIGS
+
+from pipelines.demo.motions import make_demo_motion
+from pipelines.generation.animation import AnimationPipeline
+from pipelines.generation.render_manifest import RenderJobConfig
+from pipelines.generation.render_stages import PrepareStage, input_items, items_from_table
+from pipelines.io.motion import save_motion
+from ray_jobs.cli import main
+
+FAMILY_DEFAULTS = {"tiny-cogvideox": (50, 6.0), "tiny-wan": (50, 5.0)}
+
+
+class Sampled(Exception):
+    """Raised by the spied `denoise` with the steps and guidance it was called with."""
+
+
+def spy_denoise(monkeypatch):
+    def denoise(self, noise, windows, conditioning, pose_latents, steps, guidance, on_step=None):
+        raise Sampled(steps, guidance)
+
+    monkeypatch.setattr(AnimationPipeline, "denoise", denoise)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_DEFAULTS))
+def test_pipeline_and_cli_take_the_familys_defaults(name, monkeypatch, tmp_path):
+    spy_denoise(monkeypatch)
+    pipeline = AnimationPipeline.from_config(CONFIGS / f"{name}.yaml")
+    motion = make_demo_motion("walk", 9)
+    with pytest.raises(Sampled) as sampled:
+        pipeline(np.zeros((32, 32, 3), np.uint8), "a person", motion, articulated_noise=False)
+    assert sampled.value.args == FAMILY_DEFAULTS[name]
+
+    PIL.Image.new("RGB", (32, 32)).save(tmp_path / "person.png")
+    save_motion(tmp_path / "walk.npz", motion)
+    with pytest.raises(Sampled) as sampled:
+        main(["generate", "--image", str(tmp_path / "person.png"), "--motion", str(tmp_path / "walk.npz"),
+              "--backbone", str(CONFIGS / f"{name}.yaml"), "--no-articulated-noise", "--out", str(tmp_path / "o.mp4")])
+    assert sampled.value.args == FAMILY_DEFAULTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_DEFAULTS))
+def test_render_rows_without_steps_or_guidance_take_the_familys(name, tmp_path):
+    PIL.Image.new("RGB", (32, 32)).save(tmp_path / "person.png")
+    save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
+    config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out",
+                             backbone=CONFIGS / f"{name}.yaml", defaults={"articulated_noise": False})
+    rows = [{"id": "a", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz")},
+            {"id": "b", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz"), "steps": 3,
+             "guidance": 1.5}]
+    items = items_from_table(PrepareStage(config)(pa.concat_tables(input_items(rows))))
+    assert [(item.settings["steps"], item.settings["guidance"]) for item in items] == [FAMILY_DEFAULTS[name],
+                                                                                      (3, 1.5)]
