@@ -19,7 +19,7 @@ Per clip `<stem>` in the output folder (`pipelines.io.manifest` lists them as a 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +62,6 @@ REGION_JOINTS = {
 PATTERN_CYCLES = 10  # stripes or checks across the UV square
 FPS = 24.0
 RESULT_SCHEMA = pa.schema([("stem", pa.string()), ("status", pa.string()), ("error", pa.string())])
-DEFAULT_SIZE = (96, 144)  # H, W: the toy model's resolution
 
 
 def is_test_pair(motion: str, shirt: str) -> bool:
@@ -102,7 +101,6 @@ class ClipSpec:
     num_frames: int
     size: tuple[int, int]  # H, W
     fps: float = FPS
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def caption(self) -> str:
         look = self.appearance
@@ -144,7 +142,7 @@ def draw_clip(seed: int, split: Split, index: int, num_frames: int, size: tuple[
                     num_frames, (int(size[0]), int(size[1])))
 
 
-def clip_motion(spec: ClipSpec) -> Motion:
+def synth_motion(spec: ClipSpec) -> Motion:
     """The clip's motion in the motion-file format, with intrinsics for its frame size."""
     t = np.arange(spec.num_frames) / spec.fps
     global_orient, body_pose, transl = SYNTH_MOTIONS[spec.motion](t, spec.motion_params)
@@ -199,7 +197,7 @@ def _albedo(appearance: Appearance, region: torch.Tensor, uv: torch.Tensor) -> t
 def render_clip(spec: ClipSpec, body: BodyModel, chunk: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames uint8 `[T, H, W, 3]`, person masks bool `[T, H, W]` and the background uint8 `[H, W, 3]`: the body
     lit by a head-on light plus ambient, its clothes from the appearance, composited over the background."""
-    motion = clip_motion(spec)
+    motion = synth_motion(spec)
     background = background_image(spec.background, spec.size)
     regions = _face_regions(body)
     intrinsics = torch.from_numpy(motion.K).float()
@@ -229,7 +227,7 @@ def write_clip(spec: ClipSpec, body: BodyModel, output_dir: str | Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     frames, masks, background = render_clip(spec, body)
     base = output_dir / spec.stem
-    save_motion(base.with_suffix(".npz"), clip_motion(spec))
+    save_motion(base.with_suffix(".npz"), synth_motion(spec))
     base.with_suffix(".txt").write_text(spec.caption())
     np.save(output_dir / f"{spec.stem}.mask.npy", masks.astype(np.uint8) * 255)
     PIL.Image.fromarray(background).save(output_dir / f"{spec.stem}.background.png")
