@@ -16,11 +16,12 @@ from diffusers import (
 )
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from transformers import AutoTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
 from .base import BackboneAdapter, Conditioning, model_files
 from .config import BackboneConfig
 from .registry import register_adapter
+from .tokenizer import tiny_tokenizer
 
 _SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
 
@@ -114,7 +115,7 @@ class CogVideoXAdapter(BackboneAdapter):
     def _tiny_components(cls, config: BackboneConfig) -> dict[str, Any]:
         tiny, variant = config.tiny, config.variant
         height, width = config.resolution or config.spec.default_resolution
-        tokenizer = T5Tokenizer()
+        tokenizer = tiny_tokenizer(tiny.tokenizer_corpus)
         text_encoder = T5EncoderModel(
             T5Config(**{**_TINY_TEXT_ENCODER, **tiny.text_encoder, "vocab_size": len(tokenizer)})
         )

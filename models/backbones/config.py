@@ -108,6 +108,10 @@ class TinySettings(BaseModel):
     vae: dict[str, Any] = Field(default_factory=dict)
     text_encoder: dict[str, Any] = Field(default_factory=dict)
     image_encoder: dict[str, Any] = Field(default_factory=dict)
+    tokenizer_corpus: Path | None = Field(
+        None, description="captions (a text file, one per line, or a folder of .txt files) to train the tokenizer "
+        "on; unset: T5's empty tokenizer, which maps every word to <unk>"
+    )
 
 
 class BackboneConfig(BaseModel):

@@ -19,7 +19,6 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
-    T5Tokenizer,
     UMT5Config,
     UMT5EncoderModel,
 )
@@ -27,6 +26,7 @@ from transformers import (
 from .base import BackboneAdapter, Conditioning, model_files
 from .config import BackboneConfig
 from .registry import register_adapter
+from .tokenizer import tiny_tokenizer
 
 # diffusers' Wan pipeline module imports transformers' CLIPImageProcessor, which without torchvision (deliberately
 # not a dependency, DESIGN.md) falls back to CLIPImageProcessorPil with a warning on every start. This adapter
@@ -149,7 +149,7 @@ class WanAdapter(BackboneAdapter):
     @classmethod
     def _tiny_components(cls, config: BackboneConfig) -> dict[str, Any]:
         tiny = config.tiny
-        tokenizer = T5Tokenizer()
+        tokenizer = tiny_tokenizer(tiny.tokenizer_corpus)
         text_encoder = UMT5EncoderModel(
             UMT5Config(**{**_TINY_TEXT_ENCODER, **tiny.text_encoder, "vocab_size": len(tokenizer)})
         )
