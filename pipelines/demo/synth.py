@@ -194,10 +194,12 @@ def _albedo(appearance: Appearance, region: torch.Tensor, uv: torch.Tensor) -> t
     return torch.where((marked & (region == list(REGION_JOINTS).index("shirt")))[..., None], accent, colour)
 
 
-def render_clip(spec: ClipSpec, body: BodyModel, chunk: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_clip(spec: ClipSpec, body: BodyModel, motion: Motion | None = None,
+                chunk: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames uint8 `[T, H, W, 3]`, person masks bool `[T, H, W]` and the background uint8 `[H, W, 3]`: the body
-    lit by a head-on light plus ambient, its clothes from the appearance, composited over the background."""
-    motion = synth_motion(spec)
+    lit by a head-on light plus ambient, its clothes from the appearance, composited over the background
+    (`motion`: the spec's own, when already made)."""
+    motion = motion or synth_motion(spec)
     background = background_image(spec.background, spec.size)
     regions = _face_regions(body)
     intrinsics = torch.from_numpy(motion.K).float()
@@ -225,9 +227,10 @@ def write_clip(spec: ClipSpec, body: BodyModel, output_dir: str | Path) -> Path:
     """The clip and its sidecars under `output_dir` (see the module docstring); returns the video's path."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    frames, masks, background = render_clip(spec, body)
+    motion = synth_motion(spec)
+    frames, masks, background = render_clip(spec, body, motion)
     base = output_dir / spec.stem
-    save_motion(base.with_suffix(".npz"), synth_motion(spec))
+    save_motion(base.with_suffix(".npz"), motion)
     base.with_suffix(".txt").write_text(spec.caption())
     np.save(output_dir / f"{spec.stem}.mask.npy", masks.astype(np.uint8) * 255)
     PIL.Image.fromarray(background).save(output_dir / f"{spec.stem}.background.png")
