@@ -265,6 +265,12 @@ class BackboneAdapter(ABC):
     ) -> torch.Tensor:
         """Reference image `[B, 3, H, W]` -> image-conditioning latents `[B, F_lat, C_img, h, w]`."""
 
+    @abstractmethod
+    def with_first_frame(self, image_latents: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """Image-conditioning latents whose first frame is a clean video latent frame `[B, C, h, w]` (in the
+        denoised latents' space) instead of the reference image: a long video's later window, conditioned on
+        where the video is at its start."""
+
     def encode_image_embeds(self, image: torch.Tensor) -> torch.Tensor | None:
         """Reference image -> the image-encoder embedding the transformer attends to (None when it has none)."""
         return None

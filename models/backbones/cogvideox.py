@@ -206,6 +206,14 @@ class CogVideoXAdapter(BackboneAdapter):
         padding = latents.new_zeros(latents.shape[0], latent_frames - 1, *latents.shape[2:])
         return torch.cat([latents, padding], dim=1).to(self.dtype)
 
+    def with_first_frame(self, image_latents: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        scale = self.vae.config.scaling_factor
+        # Denoised latents are the VAE's times the scaling factor; 1.5's image latents are the VAE's divided by it.
+        latent = latent / scale**2 if self.vae.config.invert_scale_latents else latent
+        conditioned = image_latents.clone()
+        conditioned[:, 0] = latent.to(conditioned.dtype)
+        return conditioned
+
     # Denoising
 
     def _frame_padding(self, latent_frames: int) -> int:

@@ -132,6 +132,11 @@ class BackboneConfig(BaseModel):
     num_frames: int | None = Field(None, description="training/sampling window; None means the default")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     scheduler: str | None = Field(None, description="sampling scheduler; None means the family default")
+    num_inference_steps: int | None = Field(None, gt=0, description="sampling steps; None means the family default")
+    guidance_scale: float | None = Field(
+        None, ge=1.0, description="classifier-free guidance; None means the family default (1: a model trained "
+        "without caption dropout has no unconditional prediction to guide against)"
+    )
 
     @field_validator("variant", mode="before")
     @classmethod

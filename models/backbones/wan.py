@@ -227,6 +227,11 @@ class WanAdapter(BackboneAdapter):
         ]
         return torch.cat(conditions).permute(0, 2, 1, 3, 4).to(self.dtype)
 
+    def with_first_frame(self, image_latents: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        conditioned = image_latents.clone()
+        conditioned[:, 0, -latent.shape[1] :] = latent.to(conditioned.dtype)  # after the 4 mask channels
+        return conditioned
+
     @torch.no_grad()
     def encode_image_embeds(self, image: torch.Tensor) -> torch.Tensor:
         """CLIP's penultimate hidden states of the reference image, as the pipeline's `encode_image` takes them."""

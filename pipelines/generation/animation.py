@@ -44,6 +44,7 @@ from pipelines.io.motion import load_motion
 from pipelines.io.video import read_video, write_video
 
 LongVideoMode = Literal["blend", "chain"]
+WindowCondition = Literal["reference", "estimate"]
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_FPS = 16.0
 
@@ -337,6 +338,7 @@ class AnimationPipeline:
         use_padaln: bool | None = None,
         long_video: LongVideoMode = "blend",
         window_overlap: int | None = None,
+        window_condition: WindowCondition = "estimate",
         fps: float | None = None,
         output_path: str | Path | None = None,
         callback: ProgressCallback | None = None,
@@ -347,18 +349,22 @@ class AnimationPipeline:
 
         Args:
             gamma: degradation of the articulated noise in [0, 1] (0: warped noise only, 1: fresh noise only).
-            num_inference_steps: denoising steps (default: the family's, `adapter.default_num_inference_steps`).
+            num_inference_steps: denoising steps (default: the backbone config's, else the family's,
+                `adapter.default_num_inference_steps`).
             guidance_scale: classifier-free guidance against `negative_prompt` ('' is the empty prompt);
-                1 turns it off (default: the family's, `adapter.default_guidance_scale`).
+                1 turns it off (default: the backbone config's, else the family's, `adapter.default_guidance_scale`).
             seed / generator: one or the other (or neither, for torch's global generator); the same seed
                 gives the same video. Noise is drawn on the generator's device (CPU for a seed).
             articulated_noise: start from the motion's degraded articulated noise instead of i.i.d. noise.
             use_padaln: condition on the pose video through PadaLN (default: when a PadaLN was given); without
                 a pose video the motion's skeletons are rendered.
-            long_video: beyond the backbone's window, "blend" denoises overlapping windows together (each on
-                the reference image, predictions averaged at every step); "chain" generates one window after
+            long_video: beyond the backbone's window, "blend" denoises overlapping windows together
+                (predictions averaged at every step; see `window_condition`); "chain" generates one window after
                 another, each conditioned on the previous chunk's decoded frame where it starts.
             window_overlap: latent frames shared by neighbouring windows ("blend"; "chain" shares 1).
+            window_condition: what a blended window after the first takes as its first frame: "estimate", the
+                current step's clean estimate of the video where the window starts (from the window before it),
+                or "reference", the reference image (which pulls the pose back to the reference at every seam).
             callback: called after every denoising step with (steps done, total steps).
             warp_operator: the motion's articulated-noise operator when built beforehand (e.g. on a CPU worker
                 with `video_noise_operator` and this pipeline's noise options); built here when None.
@@ -371,15 +377,18 @@ class AnimationPipeline:
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt/negative_prompt: must be strings")
         gamma = _number_in("gamma", gamma, 0.0, 1.0)
+        config = self.adapter.config
         if guidance_scale is None:
-            guidance_scale = self.adapter.default_guidance_scale
+            guidance_scale = config.guidance_scale or self.adapter.default_guidance_scale
         if num_inference_steps is None:
-            num_inference_steps = self.adapter.default_num_inference_steps
+            num_inference_steps = config.num_inference_steps or self.adapter.default_num_inference_steps
         guidance_scale = _number_in("guidance_scale", guidance_scale, 1.0)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")
         if long_video not in ("blend", "chain"):
             raise ValueError(f"long_video: must be 'blend' or 'chain', got {long_video!r}")
+        if window_condition not in ("reference", "estimate"):
+            raise ValueError(f"window_condition: must be 'reference' or 'estimate', got {window_condition!r}")
         if seed is not None and generator is not None:
             raise ValueError("seed/generator: give one or the other")
         if seed is not None:
@@ -413,7 +422,8 @@ class AnimationPipeline:
 
         if long_video == "blend":
             frames = self.denoise(
-                noise, windows, conditioning, pose_latents, num_inference_steps, guidance_scale, on_step
+                noise, windows, conditioning, pose_latents, num_inference_steps, guidance_scale, on_step,
+                window_condition,
             )
         else:
             frames = np.zeros((request.num_frames, *request.resolution, 3), dtype=np.uint8)
@@ -443,12 +453,29 @@ class AnimationPipeline:
         num_inference_steps: int,
         guidance_scale: float,
         on_step: Callable[[], None] | None = None,
+        window_condition: WindowCondition = "estimate",
     ) -> np.ndarray:
         """Denoise initial noise `[1, F_lat, C, h, w]` over `windows` (one pose latent, or None, per window) and
         decode it: uint8 frames `[F, H, W, 3]`. `conditioning` is batched for guidance when `guidance_scale` > 1."""
+        # The clean estimate of the whole video, written window by window: windows run in order within a step,
+        # so a window's first latent frame was estimated by the window before it (they overlap) this very step.
+        clean = torch.zeros_like(noise)
+        estimated = torch.zeros(noise.shape[1], dtype=torch.bool)
+
+        def predict(index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            window, window_conditioning = windows[index], conditioning
+            if index > 0 and window_condition == "estimate" and estimated[window.start]:
+                first = clean[:, window.start].expand(conditioning.image_latents.shape[0], -1, -1, -1)
+                window_conditioning = replace(
+                    conditioning, image_latents=self.adapter.with_first_frame(conditioning.image_latents, first)
+                )
+            output = self._predict(x, t, window_conditioning, guidance_scale, pose_latents[index])
+            clean[:, window.start : window.stop] = self.adapter.split_prediction(x, output, t)[0]
+            estimated[window.start : window.stop] = True
+            return output
+
         latents = denoise_windows(
-            noise, windows, sampling_scheduler(self.adapter), num_inference_steps,
-            lambda index, x, t: self._predict(x, t, conditioning, guidance_scale, pose_latents[index]), on_step,
+            noise, windows, sampling_scheduler(self.adapter), num_inference_steps, predict, on_step
         )
         return to_uint8(self.adapter.decode_latents(self._checked(latents)))
 

@@ -95,6 +95,47 @@ def test_chaining_runs_and_equals_blending_within_one_window(pipeline, image, mo
                           generate(pipeline, image, motion, num_frames=9))
 
 
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-cogvideox1.5", "tiny-wan"])
+def test_later_blended_windows_start_from_the_video_estimate_not_the_reference(body, image, motion, name):
+    """Window 0 is conditioned on the reference image; with "estimate", each later window's first-frame condition is
+    the clean estimate its predecessor made this step where the window starts; with "reference", the image again."""
+    pipeline = AnimationPipeline.from_config(CONFIGS / f"{name}.yaml", body=body, noise_options={"texture_size": 64})
+    adapter = pipeline.adapter
+    seen, estimates = [], []
+    predict, split = adapter.predict, adapter.split_prediction
+
+    def recording_predict(latents, t, conditioning):
+        seen.append(conditioning.image_latents.clone())
+        return predict(latents, t, conditioning)
+
+    def recording_split(latents, output, t):
+        clean, noise = split(latents, output, t)
+        estimates.append(clean)
+        return clean, noise
+
+    adapter.predict, adapter.split_prediction = recording_predict, recording_split
+    try:
+        window = adapter.latent_num_frames(adapter.num_frames)
+        frames = (2 * window - 2) * adapter.temporal_factor + 1  # two windows sharing one latent frame
+        for mode in ("reference", "estimate"):
+            seen.clear(), estimates.clear()
+            generate(pipeline, image, motion, num_frames=frames, num_inference_steps=1, guidance_scale=1.0,
+                     window_overlap=1, window_condition=mode)
+            assert len(seen) == 2  # two windows, one step, no guidance
+            first, second = seen
+            assert torch.equal(first[:, 1:], second[:, 1:])  # only the first frame's condition may change
+            if mode == "reference":
+                assert torch.equal(first, second)
+            else:
+                start = window - 1
+                expected = adapter.with_first_frame(first, estimates[0][:, start])
+                assert not torch.equal(first[:, 0], second[:, 0]) and torch.equal(second, expected)
+    finally:
+        del adapter.predict, adapter.split_prediction
+    with pytest.raises(ValueError, match="window_condition"):
+        generate(pipeline, image, motion, window_condition="image")
+
+
 @pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-wan"])
 def test_one_window_equals_the_diffusers_pipeline(body, image, name):
     """Within one window our sampling is diffusers' own: DDIM (CogVideoX) and multistep UniPC (Wan), with CFG."""
