@@ -164,9 +164,10 @@ def train_worker(settings: dict[str, Any]) -> None:
             metrics = optimizer_step(engine, batches, config, step, rank)
             state.step = step
             now = time.perf_counter()
+            state.train_s += now - last
             memory = per_worker(peak_memory_mb())
             metrics.update(
-                samples_per_s=config.batch_size / (now - last), epoch=(step - 1) // per_epoch,
+                samples_per_s=config.batch_size / (now - last), epoch=(step - 1) // per_epoch, train_s=state.train_s,
                 peak_memory_mb=max(memory), **{f"peak_memory_mb_rank{index}": value for index, value in enumerate(memory)},
             )
             if validating and step % validation.every_steps == 0:

@@ -246,9 +246,11 @@ def peak_memory_mb() -> float:
 
 @dataclass
 class TrainState:
-    """Where a run stands: optimizer steps done (which fixes the epoch and the rows consumed in it)."""
+    """Where a run stands: optimizer steps done (which fixes the epoch and the rows consumed in it) and the
+    seconds spent on them, over every resume."""
 
     step: int = 0
+    train_s: float = 0.0
 
 
 def _rng_state() -> dict[str, Any]:

@@ -88,7 +88,7 @@ def vae_loss(vae: AutoencoderKLCogVideoX, pixels: torch.Tensor, kl_weight: float
     mse = (reconstruction - pixels).square().mean()
     kl = posterior.kl().mean() / pixels[0].numel()  # per pixel value, like the reconstruction terms
     loss = l1 + mse + kl_weight * kl
-    return loss, {"loss": float(loss), "l1": float(l1), "mse": float(mse), "kl": float(kl)}
+    return loss, {name: value.item() for name, value in (("loss", loss), ("l1", l1), ("mse", mse), ("kl", kl))}
 
 
 @torch.no_grad()
