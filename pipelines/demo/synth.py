@@ -61,6 +61,7 @@ REGION_JOINTS = {
 }
 PATTERN_CYCLES = 10  # stripes or checks across the UV square
 FPS = 24.0
+SIZE = (96, 144)  # (H, W) `humanim synth` renders at by default
 RESULT_SCHEMA = pa.schema([("stem", pa.string()), ("status", pa.string()), ("error", pa.string())])
 
 
@@ -140,6 +141,16 @@ def draw_clip(seed: int, split: Split, index: int, num_frames: int, size: tuple[
     betas = np.clip(rng.normal(0.0, 0.8, 10), -2.0, 2.0)
     return ClipSpec(f"{split}_{index:05d}", split, motion, params, betas.round(4).tolist(), appearance, background,
                     num_frames, (int(size[0]), int(size[1])))
+
+
+def first_clip_of(seed: int, split: Split, motion: str, num_frames: int, size: tuple[int, int]) -> ClipSpec:
+    """The split's first clip (lowest index) whose motion is `motion`."""
+    if motion not in MOTION_KINDS:
+        raise ValueError(f"motion: must be one of {MOTION_KINDS}, got {motion!r}")
+    index = 0
+    while (spec := draw_clip(seed, split, index, num_frames, size)).motion != motion:
+        index += 1
+    return spec
 
 
 def synth_motion(spec: ClipSpec) -> Motion:

@@ -61,7 +61,7 @@ def load_heldout_clip(video: str | Path, size: tuple[int, int], num_frames: int)
     if len(frames) < num_frames:
         raise ValueError(f"num_frames: {video} has {len(frames)} frames, fewer than the {num_frames} asked for")
     with PIL.Image.open(video.with_suffix(".background.png")) as image:
-        background = np.asarray(image.convert("RGB"))
+        background = np.array(image.convert("RGB"))  # writable: torch reads it without a warning
     motion = load_motion(video.with_suffix(".npz")).slice(0, num_frames)
     return _clip(video.stem, frames[:num_frames], background, motion, video.with_suffix(".txt").read_text().strip(),
                  size)
