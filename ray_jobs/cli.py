@@ -117,11 +117,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The embedded default, three Ray jobs on a local Ray: the demo inputs (motions, reference images, ground
-    truth and a render manifest); their articulated-noise operators and previews (preprocess); one video per
-    manifest row from the tiny random-weight backbone (render); the videos scored against the ground truth
-    (evaluate)."""
-    from pipelines.demo.manifest import write_demo_manifest
+    """The embedded default, three Ray jobs on a local Ray: the demo inputs (held-out synthetic people, their
+    motions, ground truth and a render manifest); the motions' articulated-noise operators and previews
+    (preprocess); one video per manifest row from the tiny random-weight backbone (render), with a side-by-side
+    preview each (reference | generated | ground truth); the videos scored against the ground truth (evaluate)."""
+    from pipelines.demo.manifest import DEMO_ROWS, write_demo_manifest
+    from pipelines.demo.preview import write_preview
     from pipelines.evaluation.job import EvaluateJobConfig
     from pipelines.generation.render_manifest import RenderJobConfig
     from pipelines.io.config import load_config
@@ -147,8 +148,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _quiet_demo_logs()
     init_ray()
     summary = {}
+    previews = args.out / "previews"
+
+    def write_previews() -> dict[str, int]:
+        written = [write_preview(inputs / "images" / f"{name}.png", evaluate_config.generated / f"{name}.mp4",
+                                 inputs / "reference" / f"{name}.mp4", previews / f"{name}.mp4")
+                   for name in DEMO_ROWS if (evaluate_config.generated / f"{name}.mp4").is_file()]
+        return {"written": len(written)}
+
     for name, job in (("noise", lambda: preprocess.run(noise_config)), ("render", lambda: render.run(render_config)),
-                      ("evaluate", lambda: evaluate.run(evaluate_config))):
+                      ("preview", write_previews), ("evaluate", lambda: evaluate.run(evaluate_config))):
         started = time.perf_counter()
         summary[name] = job()
         counts = {key: value for key, value in summary[name].items() if isinstance(value, int)}
@@ -198,6 +207,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         articulated_noise=not args.no_articulated_noise,
         long_video=args.long_video,
         window_overlap=args.overlap,
+        window_condition=args.window_condition,
         output_path=args.out,
         mask=args.mask,
     )
@@ -208,13 +218,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     """Synthetic people clips of one split, written as a video folder the preprocessing job reads (Ray Data)."""
+    from pipelines.demo.synth import SIZE
     from pipelines.io.config import StageResources
     from ray_jobs import synth
     from ray_jobs.common import init_ray, run_job
 
     init_ray()
     resources = StageResources(workers=args.workers, batch_size=4)
-    size = (args.height, args.width)
+    size = (args.height or SIZE[0], args.width or SIZE[1])
     print(json.dumps(run_job("synth", lambda: synth.run(args.out, args.clips, args.split, args.seed, args.frames, size,
                                                          resources))))
 
@@ -228,6 +239,20 @@ def cmd_backbone_init(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.config}: backbone init builds models from `tiny:` sizes; this config loads `path:`")
     build_adapter(config).save_pretrained(args.out)
     print(json.dumps({"out": str(args.out)}))
+
+
+def cmd_backbone_ship(args: argparse.Namespace) -> None:
+    """Put a finished full fine-tune into a backbone folder as a float16 variant (with --default, also as the
+    folder's own transformer)."""
+    from pipelines.io.config import load_config
+    from pipelines.training.config import TrainJobConfig
+    from pipelines.training.engine import EXPORT_DIR
+    from pipelines.training.ship import ship_variant, variant_from_run
+
+    config = load_config(TrainJobConfig, args.train_config)
+    info = variant_from_run(config, args.train_config, args.name)
+    folder = ship_variant(config.run_dir / EXPORT_DIR, args.backbone, info, default=args.default)
+    print(json.dumps({"variant": str(folder), "steps": info.steps, "train_s": round(info.wall_s, 1)}))
 
 
 def cmd_vae_train(args: argparse.Namespace) -> None:
@@ -289,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train, or test: motion x shirt-colour pairs never seen in training")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--frames", type=int, default=49, help="frames per clip")
-    synth.add_argument("--height", type=int, default=96)
-    synth.add_argument("--width", type=int, default=144)
+    synth.add_argument("--height", type=int, help="frame height (default 96)")
+    synth.add_argument("--width", type=int, help="frame width (default 144)")
     synth.add_argument("--workers", type=int, default=1, help="actors writing clips (one CPU each)")
     synth.set_defaults(func=cmd_synth)
 
@@ -300,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     backbone_init.add_argument("--config", type=Path, required=True, help="a backbone config with `tiny:` sizes")
     backbone_init.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
     backbone_init.set_defaults(func=cmd_backbone_init)
+    backbone_ship = backbone_commands.add_parser("ship", help=cmd_backbone_ship.__doc__)
+    backbone_ship.add_argument("--train-config", type=Path, required=True, help="the finished run's training config")
+    backbone_ship.add_argument("--name", required=True, help="the variant's name (e.g. humandiff)")
+    backbone_ship.add_argument("--backbone", type=Path, required=True, help="the backbone folder it joins")
+    backbone_ship.add_argument("--default", action="store_true", help="also make it the folder's own transformer")
+    backbone_ship.set_defaults(func=cmd_backbone_ship)
 
     vae = commands.add_parser("vae", help="the video VAE")
     vae_commands = vae.add_subparsers(dest="vae_command", required=True)
@@ -337,9 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", type=Path, default=DEFAULT_BACKBONE, help="backbone YAML (default: tiny CogVideoX)"
     )
     generate.add_argument("--frames", type=int, help="video frames (default: as many as the motion/pose video allows)")
-    generate.add_argument("--steps", type=int, help="denoising steps (default: the backbone family's, 50)")
+    generate.add_argument("--steps", type=int,
+                          help="denoising steps (default: the backbone config's, else the family's, 50)")
     generate.add_argument("--guidance", type=float,
-                          help="classifier-free guidance scale, 1 = off (default: the family's, CogVideoX 6, Wan 5)")
+                          help="classifier-free guidance scale, 1 = off (default: the backbone config's, else the "
+                          "family's, CogVideoX 6, Wan 5)")
     generate.add_argument("--gamma", type=float, default=0.5, help="articulated-noise degradation in [0, 1]")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")
@@ -348,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--long-video", choices=("blend", "chain"), default="blend",
                           help="beyond the backbone's window: blend overlapping windows, or chain chunks")
     generate.add_argument("--overlap", type=int, help="latent frames shared by neighbouring windows (blend)")
+    generate.add_argument("--window-condition", choices=("estimate", "reference"), default="estimate",
+                          help="a later blended window's first frame: the video's current estimate there (default), "
+                          "or the reference image")
     generate.add_argument("--smpl-model", type=Path, help="SMPL model .npz (default: generated template)")
     generate.add_argument("--smpl-uv", type=Path, help="UV layout (.obj/.npz) for a real SMPL model")
     generate.add_argument("--device", default="auto", help="cpu, cuda or auto")

@@ -8,13 +8,7 @@ import pytest
 
 from models.body_model import load_body_model
 from pipelines.demo.synth import draw_clip, first_clip_of, write_clip
-from pipelines.evaluation.heldout import (
-    load_heldout_clips,
-    mean_scores,
-    render_heldout_clip,
-    score_video,
-    static_video,
-)
+from pipelines.evaluation.heldout import load_heldout_clips, mean_scores, render_heldout_clip, score_video, static_video
 
 SOURCE = (48, 72)
 MODEL = (32, 48)
