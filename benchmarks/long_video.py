@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--clips-dir", type=Path, default=ROOT / "data" / "synth" / "test")
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--gamma", type=float, default=0.1)
+    parser.add_argument("--gamma", type=float, default=0.5, help="inference gamma (the animation pipeline's default)")
     args = parser.parse_args()
 
     config = load_backbone_config(args.backbone)
