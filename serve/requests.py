@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 from pydantic import ValidationError
 
-from models.backbones import VariantSpec, adapter_class, load_backbone_config
+from models.backbones import VariantSpec, load_backbone_config, sampling_defaults
 from models.motion import Motion, MotionError
 from pipelines.generation.frames import pose_video_pixels
 from pipelines.generation.long_video import plan_windows
@@ -60,10 +60,9 @@ class BackboneInfo:
     @classmethod
     def load(cls, name: str, entry: BackboneEntry) -> BackboneInfo:
         config = load_backbone_config(project_path(entry.config))
-        spec, family = config.spec, adapter_class(config.family)
+        spec = config.spec
         resolution = config.resolution or spec.default_resolution
-        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec,
-                   family.default_num_inference_steps, family.default_guidance_scale)
+        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec, *sampling_defaults(config))
 
     def windows(self, num_frames: int, long_video: str) -> int:
         """How many windows the pipeline denoises for `num_frames` (its `plan_windows`, default overlap)."""

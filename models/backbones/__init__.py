@@ -3,7 +3,7 @@
 from .base import BackboneAdapter, Conditioning
 from .cogvideox import CogVideoXAdapter
 from .config import BackboneConfig, LoraSettings, TinySettings, VariantSpec, generated_num_frames, load_backbone_config
-from .registry import adapter_class, build_adapter
+from .registry import adapter_class, build_adapter, sampling_defaults
 from .wan import WanAdapter
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "build_adapter",
     "generated_num_frames",
     "load_backbone_config",
+    "sampling_defaults",
 ]

@@ -28,3 +28,10 @@ def adapter_class(family: str) -> type[BackboneAdapter]:
 def build_adapter(config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
     """Build the adapter for `config.family`."""
     return adapter_class(config.family).from_config(config, device=device)
+
+
+def sampling_defaults(config: BackboneConfig) -> tuple[int, float]:
+    """(steps, guidance scale) when a request leaves them out: the backbone config's, else its family's."""
+    family = adapter_class(config.family)
+    return (config.num_inference_steps or family.default_num_inference_steps,
+            config.guidance_scale or family.default_guidance_scale)

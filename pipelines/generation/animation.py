@@ -29,7 +29,14 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 
-from models.backbones import BackboneAdapter, BackboneConfig, Conditioning, build_adapter, load_backbone_config
+from models.backbones import (
+    BackboneAdapter,
+    BackboneConfig,
+    Conditioning,
+    build_adapter,
+    load_backbone_config,
+    sampling_defaults,
+)
 from models.backbones.config import RESOLUTION_MULTIPLE
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion, motion_from_arrays
@@ -377,11 +384,9 @@ class AnimationPipeline:
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt/negative_prompt: must be strings")
         gamma = _number_in("gamma", gamma, 0.0, 1.0)
-        config = self.adapter.config
-        if guidance_scale is None:
-            guidance_scale = config.guidance_scale or self.adapter.default_guidance_scale
-        if num_inference_steps is None:
-            num_inference_steps = config.num_inference_steps or self.adapter.default_num_inference_steps
+        default_steps, default_guidance = sampling_defaults(self.adapter.config)
+        guidance_scale = default_guidance if guidance_scale is None else guidance_scale
+        num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = _number_in("guidance_scale", guidance_scale, 1.0)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")

@@ -136,13 +136,17 @@ class PrepareStage(_Stage):
     name = "prepare"
 
     def __init__(self, config: RenderJobConfig) -> None:
-        from models.backbones import adapter_class, generated_num_frames  # imports diffusers: prepare actors only
+        from models.backbones import (  # imports diffusers: prepare actors only
+            adapter_class,
+            generated_num_frames,
+            sampling_defaults,
+        )
 
         self.config = config
         backbone = config.backbone_config()
         self.spec = backbone.spec
-        self.family = adapter_class(backbone.family)
-        fixed = self.family.config_fixed_num_frames(backbone)
+        self.sampling_defaults = sampling_defaults(backbone)
+        fixed = adapter_class(backbone.family).config_fixed_num_frames(backbone)
         self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
@@ -177,8 +181,8 @@ class PrepareStage(_Stage):
             "prompt": row.prompt,
             "negative_prompt": pick(row.negative_prompt, defaults.negative_prompt),
             "num_frames": num_frames,
-            "steps": pick(row.steps, pick(defaults.steps, self.family.default_num_inference_steps)),
-            "guidance": pick(row.guidance, pick(defaults.guidance, self.family.default_guidance_scale)),
+            "steps": pick(row.steps, pick(defaults.steps, self.sampling_defaults[0])),
+            "guidance": pick(row.guidance, pick(defaults.guidance, self.sampling_defaults[1])),
             "gamma": pick(row.gamma, defaults.gamma),
             "seed": pick(row.seed, defaults.seed),
             "articulated_noise": defaults.articulated_noise and row.motion is not None,

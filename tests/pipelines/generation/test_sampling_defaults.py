@@ -1,4 +1,5 @@
-"""The pipeline, `humanim generate` and the render job take the backbone family's steps and guidance when left out."""
+"""The pipeline, `humanim generate` and the render job take the backbone config's steps and guidance when left out,
+else its family's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pytest
+import yaml
 from helpers import CONFIGS
 
 from pipelines.demo.motions import make_demo_motion
@@ -23,7 +25,7 @@ class Sampled(Exception):
 
 
 def spy_denoise(monkeypatch):
-    def denoise(self, noise, windows, conditioning, pose_latents, steps, guidance, on_step=None):
+    def denoise(self, noise, windows, conditioning, pose_latents, steps, guidance, on_step=None, window_condition=None):
         raise Sampled(steps, guidance)
 
     monkeypatch.setattr(AnimationPipeline, "denoise", denoise)
@@ -58,3 +60,24 @@ def test_render_rows_without_steps_or_guidance_take_the_familys(name, tmp_path):
     items = items_from_table(PrepareStage(config)(pa.concat_tables(input_items(rows))))
     assert [(item.settings["steps"], item.settings["guidance"]) for item in items] == [FAMILY_DEFAULTS[name],
                                                                                       (3, 1.5)]
+
+
+def test_a_backbone_config_sets_its_own_sampling_defaults(monkeypatch, tmp_path):
+    """A trained model's config (the toy: 20 steps, no guidance) overrides the family's defaults everywhere."""
+    settings = yaml.safe_load((CONFIGS / "tiny-cogvideox.yaml").read_text())
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump({**settings, "num_inference_steps": 7, "guidance_scale": 1.0}))
+    spy_denoise(monkeypatch)
+    pipeline = AnimationPipeline.from_config(tmp_path / "own.yaml")
+    with pytest.raises(Sampled) as sampled:
+        pipeline(np.zeros((32, 32, 3), np.uint8), "a person", make_demo_motion("walk", 9), articulated_noise=False)
+    assert sampled.value.args == (7, 1.0)
+    PIL.Image.new("RGB", (32, 32)).save(tmp_path / "person.png")
+    save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
+    config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out", backbone=tmp_path / "own.yaml",
+                             defaults={"articulated_noise": False})
+    row = {"id": "a", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz")}
+    [item] = items_from_table(PrepareStage(config)(pa.concat_tables(input_items([row]))))
+    assert (item.settings["steps"], item.settings["guidance"]) == (7, 1.0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**settings, "guidance_scale": 0.5}))
+        AnimationPipeline.from_config(tmp_path / "bad.yaml")
