@@ -71,7 +71,7 @@ def main() -> None:
         pipeline, info = variant_pipeline(args.backbone, name, body)
         started = time.perf_counter()
         videos = generate_all(pipeline, clips, info.articulated_noise, args.steps, gamma, num_frames)
-        results[name] = {**scored(videos, clips), "steps": info.steps, "train_s": round(info.wall_s, 1),
+        results[name] = {**scored(videos, clips), "steps": info.steps, "train_s": round(info.train_s, 1),
                          "generate_s_per_clip": round((time.perf_counter() - started) / len(clips), 3)}
         first_videos[name] = videos[0]
     report = {"variants": results, "shipped": shipped, "not_trained": [name for name in ORDER if name not in variants],

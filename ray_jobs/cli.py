@@ -256,7 +256,7 @@ def cmd_backbone_ship(args: argparse.Namespace) -> None:
     config = load_config(TrainJobConfig, args.train_config)
     info = variant_from_run(config, args.train_config, args.name)
     folder = ship_variant(config.run_dir / EXPORT_DIR, args.backbone, info, default=args.default)
-    print(json.dumps({"variant": str(folder), "steps": info.steps, "train_s": round(info.wall_s, 1)}))
+    print(json.dumps({"variant": str(folder), "steps": info.steps, "train_s": round(info.train_s, 1)}))
 
 
 def cmd_vae_train(args: argparse.Namespace) -> None:

@@ -4,8 +4,8 @@ background of a clip at a model's resolution, a generation scored against them, 
 A clip comes from a folder written by `humanim synth` (its video and sidecars) or is drawn and rendered in memory
 from `(seed, split, index)`, the same way `humanim synth` does. Either way its frames are brought to the model's
 size exactly as the toy preprocessing config does (`crop: centre`, then resized), so the model sees held-out clips
-as it saw its training clips. The trained toy model's ablation, its gamma sweep, the long-video figure, the demo
-and the CI test all score through here.
+as it saw its training clips. The toy's ablation, gamma sweep and long-video figure score through here, and the
+demo draws its inputs with it.
 """
 
 from __future__ import annotations

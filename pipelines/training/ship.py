@@ -40,7 +40,7 @@ class VariantInfo:
     articulated_noise: bool  # it starts from articulated noise (trained on it)
     padaln: bool  # it carries PadaLN weights (pose-video conditioning)
     steps: int  # optimizer steps trained
-    wall_s: float  # training wall time
+    train_s: float  # seconds spent on its optimizer steps (the run's metrics `train_s`)
 
 
 def _half_copy(source: Path, target: Path) -> None:
@@ -75,7 +75,7 @@ def variant_from_run(config: TrainJobConfig, config_path: str | Path, name: str)
         raise ValueError(f"train_config: the run in {config.run_dir} stopped at step {last['step']} of "
                          f"{config.max_steps}; rerun the training job to finish it")
     return VariantInfo(name=name, train_config=str(config_path), articulated_noise=config.loss.articulated_noise,
-                       padaln=config.padaln.enabled, steps=int(last["step"]), wall_s=float(last.get("train_s", 0.0)))
+                       padaln=config.padaln.enabled, steps=int(last["step"]), train_s=float(last.get("train_s", 0.0)))
 
 
 def ship_variant(export: str | Path, backbone: str | Path, info: VariantInfo, default: bool = False) -> Path:

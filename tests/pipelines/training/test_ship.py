@@ -58,7 +58,7 @@ def test_variants_ship_in_float16_and_load_back(backbone, capsys):
     variants = shipped_variants(root / "toy")
     assert sorted(variants) == ["plain", "posed"] and default_variant(root / "toy") == "plain"
     folder, info = variants["posed"]
-    assert (info.padaln, info.articulated_noise, info.steps, info.wall_s) == (True, True, 7, 12.5)
+    assert (info.padaln, info.articulated_noise, info.steps, info.train_s) == (True, True, 7, 12.5)
     exported = load_file(root / "runs" / "posed" / "export" / "transformer" / WEIGHTS)
     shipped = load_file(folder / "transformer" / WEIGHTS)
     assert all(shipped[key].dtype == torch.float16 and torch.equal(shipped[key], value.half())
