@@ -464,19 +464,21 @@ class AnimationPipeline:
         decode it: uint8 frames `[F, H, W, 3]`. `conditioning` is batched for guidance when `guidance_scale` > 1."""
         # The clean estimate of the whole video, written window by window: windows run in order within a step,
         # so a window's first latent frame was estimated by the window before it (they overlap) this very step.
-        clean = torch.zeros_like(noise)
+        tracking = window_condition == "estimate" and len(windows) > 1
+        clean = torch.zeros_like(noise) if tracking else None
         estimated = torch.zeros(noise.shape[1], dtype=torch.bool)
 
         def predict(index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             window, window_conditioning = windows[index], conditioning
-            if index > 0 and window_condition == "estimate" and estimated[window.start]:
+            if tracking and index > 0 and estimated[window.start]:
                 first = clean[:, window.start].expand(conditioning.image_latents.shape[0], -1, -1, -1)
                 window_conditioning = replace(
                     conditioning, image_latents=self.adapter.with_first_frame(conditioning.image_latents, first)
                 )
             output = self._predict(x, t, window_conditioning, guidance_scale, pose_latents[index])
-            clean[:, window.start : window.stop] = self.adapter.split_prediction(x, output, t)[0]
-            estimated[window.start : window.stop] = True
+            if tracking:
+                clean[:, window.start : window.stop] = self.adapter.split_prediction(x, output, t)[0]
+                estimated[window.start : window.stop] = True
             return output
 
         latents = denoise_windows(
