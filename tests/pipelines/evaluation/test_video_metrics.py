@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -155,7 +156,9 @@ def test_evaluate_job(ray_local, tmp_path) -> None:
     truth = {name: rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8) for name in ("same", "noisy", "short")}
     for name, frames in truth.items():
         write_video(reference / f"{name}.mp4", frames if name != "short" else frames[:5], 8)
-    write_video(generated / "same.mp4", truth["same"], 8)
+    # A byte copy: two x264 encodes of the same frames are not guaranteed to be identical (CI saw 47 dB).
+    generated.mkdir()
+    shutil.copyfile(reference / "same.mp4", generated / "same.mp4")
     noisy = np.clip(truth["noisy"] + rng.normal(0, 20, truth["noisy"].shape), 0, 255).astype(np.uint8)
     write_video(generated / "noisy.mp4", noisy, 8)
     write_video(generated / "short.mp4", truth["short"], 8)
@@ -166,7 +169,7 @@ def test_evaluate_job(ray_local, tmp_path) -> None:
     for frame in range(9):
         moving[frame, 10:20, 2 * frame : 2 * frame + 10] = 255
     write_video(reference / "moving.mp4", moving, 8)
-    write_video(generated / "moving.mp4", moving, 8)
+    shutil.copyfile(reference / "moving.mp4", generated / "moving.mp4")
     PIL.Image.fromarray(background).save(reference / "moving.background.png")
     torch.jit.script(ColourStats()).save(str(tmp_path / "stats.pt"))
     config = EvaluateJobConfig(generated=generated, reference=reference, output_dir=tmp_path / "out", name="test",
