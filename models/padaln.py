@@ -22,6 +22,13 @@ from .backbones.base import BackboneAdapter
 from .weights import load_module, save_module
 
 PADALN_WEIGHTS_NAME = "padaln.safetensors"
+BACKBONE_PADALN_DIR = "padaln"  # <backbone folder>/padaln/: the PadaLN its own transformer was trained with
+
+
+def backbone_padaln(folder: str | Path) -> Path | None:
+    """The PadaLN folder that belongs to a backbone folder's own transformer, if it has one."""
+    path = Path(folder) / BACKBONE_PADALN_DIR
+    return path if (path / PADALN_WEIGHTS_NAME).is_file() else None
 
 
 class PoseModulation(nn.Module):

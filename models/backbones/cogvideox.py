@@ -119,7 +119,10 @@ class CogVideoXAdapter(BackboneAdapter):
         text_encoder = T5EncoderModel(
             T5Config(**{**_TINY_TEXT_ENCODER, **tiny.text_encoder, "vocab_size": len(tokenizer)})
         )
-        vae = AutoencoderKLCogVideoX(**{**_TINY_VAE, **_TINY_VAE_VARIANT[variant], **tiny.vae})
+        vae_settings = {**_TINY_VAE, **_TINY_VAE_VARIANT[variant], **tiny.vae}
+        blocks = len(vae_settings["block_out_channels"])  # one block per resolution: 2**(blocks-1) spatial factor
+        vae = AutoencoderKLCogVideoX(**{"down_block_types": ("CogVideoXDownBlock3D",) * blocks,
+                                        "up_block_types": ("CogVideoXUpBlock3D",) * blocks, **vae_settings})
         latent_channels = vae.config.latent_channels
         spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         transformer = CogVideoXTransformer3DModel(

@@ -41,7 +41,7 @@ from models.backbones.config import RESOLUTION_MULTIPLE
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion, motion_from_arrays
 from models.noise_warp import WarpOperator, degrade
-from models.padaln import PadaLN, mask_reference
+from models.padaln import PadaLN, backbone_padaln, mask_reference
 from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import held_frames, pose_video_pixels, to_model_pixels, to_uint8
@@ -140,8 +140,11 @@ class AnimationPipeline:
         body: BodyModel | None = None,
         noise_options: dict[str, Any] | None = None,
     ) -> AnimationPipeline:
-        """Build from a backbone YAML (or config), with LoRA and PadaLN weights read from their folders."""
+        """Build from a backbone YAML (or config), with LoRA and PadaLN weights read from their folders. Without
+        `padaln`, a backbone folder's own transformer comes with the PadaLN it was trained with, if it has one."""
         config = backbone if isinstance(backbone, BackboneConfig) else load_backbone_config(backbone)
+        if padaln is None and config.path is not None and config.transformer is None:
+            padaln = backbone_padaln(config.path)
         adapter = build_adapter(config, device=device)
         if lora is not None:
             # diffusers would look a missing folder up on the hub: refuse it here, nothing is downloaded.

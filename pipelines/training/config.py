@@ -141,6 +141,11 @@ class TrainJobConfig(_Strict):
     run_name: str = Field("train", pattern=r"^[A-Za-z0-9._-]+$")
     deepspeed: Path = Field(description="DeepSpeed JSON (configs/deepspeed/); 'auto' values come from this config")
     finetune: Literal["lora", "full"] = Field("lora", description="LoRA on the transformer, or all its weights")
+    transformer_init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="start from the backbone's transformer weights, or from fresh ones of its "
+        "architecture drawn with `seed` (a toy trained from scratch: the folder may already hold a trained one); "
+        "random needs finetune: full"
+    )
     lora: LoraSettings | None = Field(None, description="overrides the backbone config's lora (rank, alpha, targets)")
     padaln: PadaLNSettings = PadaLNSettings()
     loss: LossConfig = LossConfig()
@@ -190,6 +195,8 @@ class TrainJobConfig(_Strict):
                 f"batch_size: {self.batch_size} rows per step cannot be split evenly across "
                 f"{self.resources.num_workers} workers x {self.gradient_accumulation_steps} accumulation steps"
             )
+        if self.transformer_init == "random" and self.finetune != "full":
+            raise ValueError("transformer_init: random trains every weight, so it needs finetune: full")
         if self.inject_failure is not None and self.inject_failure.rank >= self.resources.num_workers:
             raise ValueError(f"inject_failure.rank: {self.inject_failure.rank} but there are "
                              f"{self.resources.num_workers} workers")

@@ -78,12 +78,15 @@ class TrainedModules(nn.Module):
 
 def build_modules(config: TrainJobConfig, adapter: BackboneAdapter) -> tuple[AnimationPipeline, TrainedModules]:
     """Make `adapter` (built from `config.backbone_config()`) trainable: frozen but for a fresh LoRA (or all of the
-    transformer), with PadaLN and the decoder, seeded by `config.seed`; and an animation pipeline over them for
-    validation (PadaLN attached through it)."""
+    transformer, with fresh weights under `transformer_init: random`), with PadaLN and the decoder, seeded by
+    `config.seed`; and an animation pipeline over them for validation (PadaLN attached through it)."""
     for component in adapter.pipeline.components.values():
         if isinstance(component, nn.Module):
             component.requires_grad_(False)
     torch.manual_seed(config.seed)
+    if config.transformer_init == "random":
+        trained = adapter.transformer
+        adapter.pipeline.transformer = type(trained).from_config(trained.config).to(trained.device, trained.dtype)
     if config.uses_lora:
         adapter.add_lora()
     else:

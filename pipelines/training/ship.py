@@ -7,6 +7,7 @@ every variant without training; one of them is also the folder's own `transforme
     <backbone>/variants/<name>/padaln.safetensors   PadaLN variants only
     <backbone>/variants/<name>/variant.json  how it was trained and how it generates (`VariantInfo`)
     <backbone>/variants/shipped.json         which variant is the folder's own transformer
+    <backbone>/padaln/padaln.safetensors     its PadaLN, when it has one (generation loads it with the transformer)
 
 The motion decoder (JAML) is left out: generation does not use it.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from models.padaln import PADALN_WEIGHTS_NAME
+from models.padaln import BACKBONE_PADALN_DIR, PADALN_WEIGHTS_NAME
 from pipelines.training.config import TrainJobConfig
 from pipelines.training.metrics import METRICS_NAME
 
@@ -80,7 +81,7 @@ def variant_from_run(config: TrainJobConfig, config_path: str | Path, name: str)
 
 def ship_variant(export: str | Path, backbone: str | Path, info: VariantInfo, default: bool = False) -> Path:
     """Copy a full fine-tune's export (its `transformer/`, and `padaln.safetensors` when trained with PadaLN)
-    into `backbone/variants/<name>` in float16; with `default`, also make it the folder's own transformer."""
+    into `backbone/variants/<name>` in float16; with `default`, also make it (and its PadaLN) the folder's own."""
     export, backbone = Path(export), Path(backbone)
     if not (export / TRANSFORMER_DIR / "config.json").is_file():
         raise FileNotFoundError(f"export: no {TRANSFORMER_DIR}/ in {export}; a `finetune: full` run exports it")
@@ -94,6 +95,9 @@ def ship_variant(export: str | Path, backbone: str | Path, info: VariantInfo, de
     (folder / VARIANT_FILE).write_text(json.dumps(asdict(info), indent=1) + "\n")
     if default:
         _half_folder(export / TRANSFORMER_DIR, backbone / TRANSFORMER_DIR)
+        shutil.rmtree(backbone / BACKBONE_PADALN_DIR, ignore_errors=True)
+        if info.padaln:
+            _half_copy(export / PADALN_WEIGHTS_NAME, backbone / BACKBONE_PADALN_DIR / PADALN_WEIGHTS_NAME)
         (backbone / VARIANTS_DIR / DEFAULT_FILE).write_text(json.dumps({"name": info.name}) + "\n")
     return folder
 

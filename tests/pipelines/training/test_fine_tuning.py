@@ -145,6 +145,21 @@ def test_a_full_fine_tune_trains_and_exports_the_whole_transformer(tmp_path) -> 
     assert sorted(path.name for path in (tmp_path / "export").iterdir()) == ["motion_decoder.safetensors", "transformer"]
 
 
+def test_a_random_init_trains_fresh_seeded_weights_of_the_same_architecture(tmp_path) -> None:
+    from models.backbones import build_adapter
+    from pipelines.training.engine import build_modules
+
+    config = config_with(tmp_path, finetune="full", transformer_init="random", padaln={"enabled": False})
+    loaded = build_adapter(config.backbone_config()).transformer.state_dict()
+    first, second = (build_modules(config, build_adapter(config.backbone_config()))[1].transformer for _ in "ab")
+    assert first.config == build_adapter(config.backbone_config()).transformer.config
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True))
+    assert not torch.equal(first.state_dict()["proj_out.weight"], loaded["proj_out.weight"])
+    assert all(p.requires_grad for p in first.parameters())
+    with pytest.raises(ValueError, match="transformer_init: random .* finetune: full"):
+        config_with(tmp_path, finetune="lora", transformer_init="random")
+
+
 def test_the_backbone_folder_is_resolved_where_the_job_starts(tmp_path, monkeypatch) -> None:
     """Ray Train workers run in other working directories: a relative `path:` must not reach them relative."""
     monkeypatch.chdir(ROOT)

@@ -81,6 +81,22 @@ def test_variants_ship_in_float16_and_load_back(backbone, capsys):
         variant_pipeline(root / "toy.yaml", "missing")
 
 
+def test_a_default_padaln_variant_brings_its_padaln_to_the_backbone(backbone):
+    from pipelines.generation.animation import AnimationPipeline
+
+    root, configs = backbone
+    ship = ["backbone", "ship", "--backbone", str(root / "toy"), "--default"]
+    cli([*ship, "--train-config", str(configs["posed"]), "--name", "posed"])
+    pipeline = AnimationPipeline.from_config(root / "toy.yaml")
+    assert pipeline.padaln is not None
+    assert all(torch.equal(a, b.half()) for a, b in zip(
+        pipeline.padaln.state_dict().values(), PadaLN.load(root / "runs" / "posed" / "export").state_dict().values(),
+        strict=True))
+    assert variant_pipeline(root / "toy.yaml", "posed")[0].padaln is not None
+    cli([*ship, "--train-config", str(configs["plain"]), "--name", "plain"])
+    assert AnimationPipeline.from_config(root / "toy.yaml").padaln is None
+
+
 def test_an_unfinished_run_is_not_shipped(backbone, capsys):
     root, configs = backbone
     (root / "runs" / "plain" / "metrics.jsonl").write_text(json.dumps({"step": 3, "train_s": 1.0}) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX
@@ -16,8 +17,10 @@ from pipelines.training.vae import (
     VAE_DIR,
     VaeTrainConfig,
     load_clips,
+    random_crops,
     reconstruction_psnr,
     train_vae,
+    vae_loss,
 )
 
 TINY_VAE = {"block_out_channels": (8, 8, 8, 8), "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 2,
@@ -71,3 +74,35 @@ def test_clear_errors(data, tmp_path):
         train_vae(config(data, tmp_path / "b", crop=(64, 96)))
     with pytest.raises(ValueError, match="8k\\+1"):
         config(data, tmp_path / "c", frames=5)
+
+
+def test_resized_clips_carry_their_person_mask(data):
+    clips = load_clips(data / "videos", resize=(16, 24), masks=True)
+    assert [clip.shape for clip in clips] == [(9, 16, 24, 4)] * 2
+    person = np.load(sorted((data / "videos").glob("*.mask.npy"))[0]).mean() / 255
+    assert clips[0][..., 3].mean() / 255 == pytest.approx(person, rel=0.25) and 0 < person < 0.5
+
+
+def test_foreground_weight_counts_person_pixels_more(data):
+    vae = AutoencoderKLCogVideoX.from_pretrained(data / "init")
+    batch = next(random_crops(load_clips(data / "videos", masks=True), 9, (32, 48), 1, np.random.default_rng(0)))
+    plain = vae_loss(vae, batch, 0.0, torch.Generator().manual_seed(0))[1]
+    assert plain == vae_loss(vae, batch[:, :3], 0.0, torch.Generator().manual_seed(0))[1]  # the mask is not a colour
+    weighted = vae_loss(vae, batch, 0.0, torch.Generator().manual_seed(0), foreground_weight=8.0)[1]
+    with torch.no_grad():
+        posterior = vae.encode(batch[:, :3]).latent_dist
+        error = (vae.decode(posterior.sample(torch.Generator().manual_seed(0))).sample - batch[:, :3]).abs()
+    person = (batch[:, 3:] + 1) / 2
+    assert person.mean() > 0.01
+    expected = ((1 + 8 * person) * error).mean() / (1 + 8 * person).mean()
+    assert weighted["l1"] == pytest.approx(float(expected), rel=1e-4) and weighted["l1"] != pytest.approx(plain["l1"])
+
+
+def test_foreground_weight_needs_the_masks(data, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for path in (data / "videos").glob("*"):
+        if not path.name.endswith(".mask.npy"):
+            (videos / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(FileNotFoundError, match="foreground_weight: .*mask.npy is missing"):
+        train_vae(config(data, tmp_path / "run", videos=videos, foreground_weight=1.0))
