@@ -20,6 +20,7 @@ WarpRule = Literal["aggregate", "nearest"]
 BackgroundMode = Literal["static", "per_frame"]
 
 VAE_TEMPORAL_FACTOR = 4
+DEFAULT_SPATIAL_FACTOR = 8  # the VAE downsampling of every released backbone: pixels per latent cell side
 
 
 def latent_num_frames(num_frames: int) -> int:

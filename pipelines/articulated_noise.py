@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from models.body_model import BodyModel
 from models.motion import Motion, MotionError
 from models.noise_warp import (
+    DEFAULT_SPATIAL_FACTOR,
     VAE_TEMPORAL_FACTOR,
     BackgroundMode,
     WarpOperator,
@@ -25,7 +26,6 @@ from models.noise_warp import (
 from models.rasterizer import rasterize, scale_intrinsics, uv_map
 from pipelines.io.config import validate_config
 
-SPATIAL_FACTOR = 8  # VAE downsampling of every supported backbone
 # Latent frames rendered at once for generation: 8 (29 video frames) keeps a 480x720 build to a few hundred MB.
 OPERATOR_CHUNK_LATENT_FRAMES = 8
 
@@ -45,8 +45,11 @@ class NoiseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_frames: int = Field(49, ge=1, le=4097, description="video frames, 4k+1")
-    height: int = Field(480, ge=SPATIAL_FACTOR, le=4096, description="video height in pixels, a multiple of 8")
-    width: int = Field(720, ge=SPATIAL_FACTOR, le=4096, description="video width in pixels, a multiple of 8")
+    height: int = Field(480, ge=1, le=4096, description="video height in pixels, a multiple of spatial_factor")
+    width: int = Field(720, ge=1, le=4096, description="video width in pixels, a multiple of spatial_factor")
+    spatial_factor: int = Field(
+        DEFAULT_SPATIAL_FACTOR, ge=1, le=64, description="the backbone VAE's pixels per latent cell side"
+    )
     channels: int = Field(16, ge=1, le=256, description="latent channels of the backbone")
     texture_size: int = Field(256, ge=8, le=4096, description="side of the square UV noise texture")
     supersample: int = Field(8, ge=1, le=16, description="render pixels per latent cell side")
@@ -60,13 +63,14 @@ class NoiseConfig(BaseModel):
     def _check_grid(self) -> NoiseConfig:
         latent_num_frames(self.num_frames)
         for name in ("height", "width"):
-            if getattr(self, name) % SPATIAL_FACTOR:
-                raise ValueError(f"{name} must be a multiple of {SPATIAL_FACTOR}, got {getattr(self, name)}")
+            if getattr(self, name) % self.spatial_factor:
+                raise ValueError(f"{name} must be a multiple of {self.spatial_factor}, got {getattr(self, name)}")
         return self
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return latent_num_frames(self.num_frames), self.height // SPATIAL_FACTOR, self.width // SPATIAL_FACTOR
+        factor = self.spatial_factor
+        return latent_num_frames(self.num_frames), self.height // factor, self.width // factor
 
     @property
     def render_size(self) -> tuple[int, int]:
@@ -186,7 +190,8 @@ def video_noise_operator(
 ) -> WarpOperator:
     """The operator for generating `num_frames` frames at `resolution` (H, W) from `motion`: ONE operator over
     the whole video (one texture), so every window of a long video samples a slice of the same noise.
-    `options` are the other `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames).
+    `options` are the other `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames,
+    and the backbone's spatial_factor).
 
     Built `chunk_latent_frames` latent frames at a time and stacked (the same operator as one build), so the
     renders held at once, and the memory, do not grow with the video's length."""

@@ -4,8 +4,8 @@ On a cluster: `ray job submit --working-dir . -- python -m ray_jobs.train --conf
 locally the same command (or `humanim train`) starts its own Ray. The driver checks the config and the rows
 (pipelines/training/config.py, pipelines/training/schedule.py) before any worker starts, writes the resolved config to
 the run folder `<output_dir>/<run_name>/`, and runs a TorchTrainer over `resources.num_workers` workers. Each
-worker streams its rows of every epoch through Ray Data (read tasks, then `iter_torch_batches` collating rows
-into training batches ahead of the step) and runs the DeepSpeed steps of pipelines/training/engine.py. Checkpoints
+worker reads its rows of every step by key and collates them into training batches a few micro-batches ahead
+of the step in a background thread (pipelines/training/row_stream.py) and runs the DeepSpeed steps of pipelines/training/engine.py. Checkpoints
 (DeepSpeed state, RNG, the export) go through `ray.train.report`; a failed worker group restarts from the
 latest one (FailureConfig), and so does a rerun of the job with the same run folder. The run folder also holds
 `metrics.jsonl`, `tensorboard/`, `validation/step_<n>/*.mp4` and, at the end, `export/` (written atomically).
@@ -19,22 +19,17 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import ray
-import ray.data
 import ray.train
 import torch
-from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train.torch import TorchTrainer, get_device
 
-from models.backbones import BackboneAdapter, build_adapter
+from models.backbones import build_adapter
 from pipelines.io.config import load_config, write_resolved_config
-from pipelines.io.row_reader import keys_table, read_rows, read_scheduled, row_filesystem
-from pipelines.io.training_rows import TrainingBatch, training_batch
+from pipelines.io.row_reader import keys_table, read_rows, row_filesystem
 from pipelines.training.config import TrainJobConfig
 from pipelines.training.engine import (
     EXPORT_DIR,
@@ -51,53 +46,13 @@ from pipelines.training.engine import (
     save_checkpoint,
 )
 from pipelines.training.metrics import MetricSinks
-from pipelines.training.schedule import RowPlan, step_rows, steps_per_epoch
+from pipelines.training.row_stream import scheduled_batches
+from pipelines.training.schedule import RowPlan, steps_per_epoch
 from pipelines.training.validation import VALIDATION_DIR, validate
 from ray_jobs.common import init_ray, run_job
 
 log = logging.getLogger("humanim.train")
 FAILURE_MARKER = ".failure_injected"
-MAX_READ_BLOCKS = 256
-
-
-# Data
-
-
-class _Collate(ArrowBatchCollateFn):
-    """Rows -> a `TrainingBatch` on the worker's device (warp operators on the CPU, where the step's generator
-    draws), in Ray Data's prefetch threads."""
-
-    def __init__(self, adapter: BackboneAdapter) -> None:
-        self.adapter = adapter
-
-    def __call__(self, batch: pa.Table) -> TrainingBatch:
-        return training_batch(batch, self.adapter, self.adapter.device, operator_device="cpu")
-
-
-def stream_batches(plan: RowPlan, config: TrainJobConfig, rank: int, world_size: int, start: int,
-                   adapter: BackboneAdapter) -> Iterator[list[TrainingBatch]]:
-    """This worker's micro-batches of every step after `start`, grouped by step: one Ray Data pipeline over the
-    rest of the run reads them in order (read tasks, then collation into training batches ahead of the step)."""
-    accumulation, micro = config.gradient_accumulation_steps, config.micro_batch_size
-    schedule = [
-        batch
-        for step in range(start, config.max_steps)
-        for batch in step_rows(plan.train, config.seed, step, rank, world_size, micro, accumulation)
-    ]
-    if not schedule:
-        return
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    data = ray.data.range(len(schedule), override_num_blocks=min(len(schedule), MAX_READ_BLOCKS)).map_batches(
-        read_scheduled, fn_args=(plan.rows_uri, schedule), batch_size=1, batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=config.data.read_tasks), num_cpus=config.data.read_cpus,
-    )
-    batches = iter(data.iter_torch_batches(
-        batch_size=micro, collate_fn=_Collate(adapter), prefetch_batches=config.data.prefetch_batches
-    ))
-    for _ in range(start, config.max_steps):
-        yield [next(batches) for _ in range(accumulation)]
 
 
 # The worker
@@ -159,7 +114,10 @@ def train_worker(settings: dict[str, Any]) -> None:
     engine.train()
     try:
         last = time.perf_counter()
-        for batches in stream_batches(plan, config, rank, world_size, state.step, pipeline.adapter):
+        steps = range(state.step, config.max_steps)
+        for batches in scheduled_batches(plan, config.seed, steps, rank, world_size, config.micro_batch_size,
+                                         config.gradient_accumulation_steps, pipeline.adapter, device,
+                                         config.data.prefetch_batches):
             step = state.step + 1
             metrics = optimizer_step(engine, batches, config, step, rank)
             state.step = step

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -9,6 +11,8 @@ from typing import Any, Literal
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from models.noise_warp import DEFAULT_SPATIAL_FACTOR
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,16 @@ class LoraSettings(BaseModel):
     rank: int = Field(64, gt=0)
     alpha: float | None = Field(None, gt=0, description="None means alpha = rank")
     targets: list[str] | None = Field(None, min_length=1, description="module names; None means the family default")
+
+
+def vae_spatial_factor(vae_config: Mapping[str, Any]) -> int:
+    """Pixels per latent cell side of a VAE from its config: CogVideoX's VAE halves the size in every block but
+    the last, Wan's once per `temperal_downsample` entry; a config naming neither has the default's."""
+    if "temperal_downsample" in vae_config:
+        return 2 ** len(vae_config["temperal_downsample"])
+    if "block_out_channels" in vae_config:
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return DEFAULT_SPATIAL_FACTOR
 
 
 class TinySettings(BaseModel):
@@ -188,6 +202,15 @@ class BackboneConfig(BaseModel):
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
+
+    @property
+    def spatial_factor(self) -> int:
+        """The VAE's downsampling, from the folder's `vae/config.json` (or the tiny settings) without building it:
+        CPU stages that size latent grids (articulated noise) need it before any model is loaded."""
+        if self.tiny is not None:
+            return vae_spatial_factor(self.tiny.vae)
+        path = Path(self.path) / "vae" / "config.json"
+        return vae_spatial_factor(json.loads(path.read_text())) if path.is_file() else DEFAULT_SPATIAL_FACTOR
 
 
 def load_backbone_config(path: str | Path) -> BackboneConfig:

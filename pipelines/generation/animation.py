@@ -259,8 +259,8 @@ class AnimationPipeline:
         else:
             if operator is None:
                 operator = video_noise_operator(
-                    request.motion, self.body, self.noise_options, request.num_frames, request.resolution,
-                    self.adapter.device,
+                    request.motion, self.body, {**self.noise_options, "spatial_factor": self.adapter.spatial_factor},
+                    request.num_frames, request.resolution, self.adapter.device,
                 )
             elif operator.latent_shape != (shape[0], *shape[2:]):
                 raise ValueError(

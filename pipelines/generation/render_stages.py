@@ -149,6 +149,7 @@ class PrepareStage(_Stage):
         fixed = adapter_class(backbone.family).config_fixed_num_frames(backbone)
         self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
+        self.noise_options = {**config.noise, "spatial_factor": backbone.spatial_factor}
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
         self.detector = photo_detector(config.photo)  # built once: a missing backend stops the stage at start
 
@@ -217,7 +218,7 @@ class PrepareStage(_Stage):
         if settings["articulated_noise"]:
             # The pipeline's own frame rule: a model with learned positional embeddings generates whole windows.
             generated = self.generated_num_frames(settings["num_frames"])
-            operator = video_noise_operator(motion.held(generated), self.body, self.config.noise, generated, self.size)
+            operator = video_noise_operator(motion.held(generated), self.body, self.noise_options, generated, self.size)
             state.update({f"operator.{key}": value for key, value in operator.to_arrays().items()})
         item.settings, item.state = settings, state
 

@@ -1,8 +1,7 @@
-"""Training rows read back by key with pyarrow alone: what the fine-tuning job's Ray Data read tasks import.
+"""Training rows read back by key with pyarrow alone: what the fine-tuning job's workers read with.
 
 A row key names a row's clip id, its Parquet file (a path on the row folder's filesystem) and its index in that
-file. Keeping this module free of torch and the models lets a read task's worker process start in a fraction of
-a second.
+file. This module needs pyarrow alone (no torch, no models).
 """
 
 from __future__ import annotations
@@ -61,10 +60,3 @@ def _file_rows(filesystem: pyarrow.fs.FileSystem, path: str, rows: list[int]) ->
         return file.read().take(rows)
     groups = sorted(set(rows))
     return file.read_row_groups(groups).take([groups.index(row) for row in rows])
-
-
-def read_scheduled(indices: pa.Table, rows_uri: str, schedule: list[list[RowKey]]) -> pa.Table:
-    """The rows of the scheduled micro-batches whose positions in `schedule` are `indices`' "id" column."""
-    filesystem, _ = row_filesystem(rows_uri)
-    positions = indices.column("id").to_pylist()
-    return pa.concat_tables([read_rows(filesystem, keys_table(schedule[position])) for position in positions])

@@ -87,7 +87,7 @@ class VideoJobConfig(BaseModel):
         backbone = self.backbone_config()
         frames = backbone.num_frames or backbone.spec.default_num_frames
         height, width = backbone.resolution or backbone.spec.default_resolution
-        wanted = {"num_frames": frames, "height": height, "width": width}
+        wanted = {"num_frames": frames, "height": height, "width": width, "spatial_factor": backbone.spatial_factor}
         given = {key: getattr(self.noise, key) for key in wanted if key in self.noise.model_fields_set}
         clash = {key: value for key, value in given.items() if value != wanted[key]}
         if clash:

@@ -53,9 +53,9 @@ class DataSettings(_Strict):
 
     rows_dir: str = Field(description="the preprocessing job's output_dir (holding rows/): a path or pyarrow URI")
     validation_rows: int = Field(0, ge=0, description="rows held out of training for validation")
-    read_tasks: int = Field(2, ge=1, description="Ray Data read tasks in flight per worker")
-    read_cpus: float = Field(0.25, gt=0, description="CPUs per Ray Data read task")
-    prefetch_batches: int = Field(2, ge=0, description="batches each worker reads ahead of the step")
+    prefetch_batches: int = Field(
+        2, ge=0, description="micro-batches each worker reads and collates ahead of the step (a background thread)"
+    )
 
 
 class OptimizerSettings(_Strict):

@@ -311,3 +311,18 @@ def test_a_transformer_folder_replaces_the_backbones_own(tmp_path):
     assert torch.equal(swapped.vae.decoder.conv_out.conv.weight, own.vae.decoder.conv_out.conv.weight)
     with pytest.raises(FileNotFoundError, match="transformer: .*config.json"):
         CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", transformer=tmp_path, **settings)
+
+
+def test_the_spatial_factor_is_read_from_the_vae_config_without_building_it(tmp_path) -> None:
+    """CPU stages size articulated-noise grids from it before any model loads; the toy's 3-block VAE is 4x."""
+    toy = load_backbone_config(CONFIGS / "toy-cogvideox-init.yaml")
+    toy = toy.model_copy(update={"tiny": toy.tiny.model_copy(update={"tokenizer_corpus": None})})  # no data/ in CI
+    assert toy.spatial_factor == 4
+    for name in TINY:
+        config = load_backbone_config(CONFIGS / f"{name}.yaml")
+        assert config.spatial_factor == build_adapter(config).spatial_factor == 8
+    adapter = build_adapter(toy)
+    adapter.save_pretrained(tmp_path / "toy")
+    folder = toy.model_copy(update={"tiny": None, "path": tmp_path / "toy"})
+    assert folder.spatial_factor == build_adapter(folder).spatial_factor == adapter.spatial_factor == 4
+    assert adapter.latent_shape(25, (64, 96))[2:] == (16, 24)

@@ -91,6 +91,9 @@ def test_short_motion_is_refused(body) -> None:
 def test_config_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="height must be a multiple of 8"):
         NoiseConfig(height=100)
+    with pytest.raises(ValueError, match="width must be a multiple of 4"):
+        NoiseConfig(height=64, width=98, spatial_factor=4)
+    assert NoiseConfig(num_frames=25, height=64, width=96, spatial_factor=4).latent_shape == (7, 16, 24)
     with pytest.raises(ValueError, match="4k\\+1"):
         NoiseConfig(num_frames=48)
 

@@ -36,7 +36,7 @@ EXPORTED = (LORA_FILE, PADALN_WEIGHTS_NAME, MOTION_DECODER_WEIGHTS_NAME)
 
 
 def train_config(rows_dir: Path, output_dir: Path, **overrides) -> TrainJobConfig:
-    data = {"rows_dir": str(rows_dir), "validation_rows": 1, "read_tasks": 1}
+    data = {"rows_dir": str(rows_dir), "validation_rows": 1}
     return load_config(TrainJobConfig, CONFIG, {"output_dir": output_dir, "data": data, **overrides})
 
 
@@ -204,7 +204,7 @@ def test_a_killed_worker_resumes_and_ends_with_the_uninterrupted_weights(referen
     data = {
         **yaml.safe_load(CONFIG.read_text()),
         "output_dir": str(tmp_path),
-        "data": {"rows_dir": str(rows_dir), "validation_rows": 1, "read_tasks": 1},
+        "data": {"rows_dir": str(rows_dir), "validation_rows": 1},
         "inject_failure": {"after_step": fail_after, "rank": 1},
     }
     path = _write(tmp_path, data)
