@@ -4,8 +4,10 @@ held-out synthetic split; prints one JSON line.
 Each variant generates every held-out clip from the clip's first frame, caption and motion, with the same seed per
 clip, and is scored against the clip's ground truth: silhouette IoU (motion following), PSNR, SSIM and L1. The
 variant's inference settings follow its training (articulated noise or not, PadaLN or not). Also reported: the
-variant's training steps and seconds (from its `variant.json`), and with `--gamma-sweep` the shipped variant over
-inference gamma (the paper's Table 3). `--strip` writes a picture strip (reference | each variant | truth, at a few
+variant's training steps and seconds (from its `variant.json`), its silhouette IoU when every clip is driven by
+the next clip's motion instead (`swapped_silhouette_iou`: a model that follows the motion loses IoU against the
+clip's own truth; one that ignores it does not), and with `--gamma-sweep` the shipped variant over inference gamma
+(the paper's Table 3). `--strip` writes a picture strip (reference | each variant | truth, at a few
 frames) of the first clip.
 
     humanim synth --out data/synth/test --clips 32 --split test --frames 161
@@ -34,10 +36,13 @@ GAMMAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 ORDER = ("iid", "articulated", "articulated+jaml", "humandiff", "padaln", "padaln+articulated")
 
 
-def generate_all(pipeline, clips, articulated: bool, steps: int, gamma: float, num_frames: int) -> list[np.ndarray]:
+def generate_all(pipeline, clips, articulated: bool, steps: int, gamma: float, num_frames: int,
+                 motion_shift: int = 0) -> list[np.ndarray]:
+    """Each clip from its first frame and caption, driven by the motion of the clip `motion_shift` places on."""
     return [
-        pipeline(clip.image, clip.caption, clip.motion, num_frames=num_frames, num_inference_steps=steps,
-                 guidance_scale=1.0, gamma=gamma, seed=index, articulated_noise=articulated).frames
+        pipeline(clip.image, clip.caption, clips[(index + motion_shift) % len(clips)].motion, num_frames=num_frames,
+                 num_inference_steps=steps, guidance_scale=1.0, gamma=gamma, seed=index,
+                 articulated_noise=articulated).frames
         for index, clip in enumerate(clips)
     ]
 
@@ -71,8 +76,11 @@ def main() -> None:
         pipeline, info = variant_pipeline(args.backbone, name, body)
         started = time.perf_counter()
         videos = generate_all(pipeline, clips, info.articulated_noise, args.steps, gamma, num_frames)
-        results[name] = {**scored(videos, clips), "steps": info.steps, "train_s": round(info.train_s, 1),
-                         "generate_s_per_clip": round((time.perf_counter() - started) / len(clips), 3)}
+        seconds = time.perf_counter() - started
+        swapped = generate_all(pipeline, clips, info.articulated_noise, args.steps, gamma, num_frames, motion_shift=1)
+        results[name] = {**scored(videos, clips), "swapped_silhouette_iou": scored(swapped, clips)["silhouette_iou"],
+                         "steps": info.steps, "train_s": round(info.train_s, 1),
+                         "generate_s_per_clip": round(seconds / len(clips), 3)}
         first_videos[name] = videos[0]
     report = {"variants": results, "shipped": shipped, "not_trained": [name for name in ORDER if name not in variants],
               "clips": len(clips), "num_frames": num_frames,

@@ -208,7 +208,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         guidance_scale=args.guidance,
         gamma=args.gamma,
         seed=args.seed,
-        articulated_noise=not args.no_articulated_noise,
+        articulated_noise=False if args.no_articulated_noise else None,
         long_video=args.long_video,
         window_overlap=args.overlap,
         window_condition=args.window_condition,

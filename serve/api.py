@@ -151,7 +151,9 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         guidance: Annotated[float | None, Form(description="classifier-free guidance scale (1 = off)")] = None,
         gamma: Annotated[float | None, Form(description="articulated-noise degradation in [0, 1]")] = None,
         seed: Annotated[int | None, Form(description="default: drawn by the server and recorded")] = None,
-        articulated_noise: Annotated[bool | None, Form(description="default: on when a motion is given")] = None,
+        articulated_noise: Annotated[bool | None, Form(
+            description="default: on when a motion is given, unless the backbone config says its model was not "
+            "trained on it")] = None,
         backbone: Annotated[str | None, Form(description="one of the served backbones")] = None,
         fit: Annotated[str | None, Form(description="crop (around the person, default), centre or pad")] = None,
         background: Annotated[str | None, Form(description="'r,g,b' or '#rrggbb': transparency, pad bands")] = None,

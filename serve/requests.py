@@ -56,13 +56,15 @@ class BackboneInfo:
     spec: VariantSpec
     default_steps: int
     default_guidance: float
+    articulated_noise: bool  # the config's: whether a request with a motion starts from its articulated noise
 
     @classmethod
     def load(cls, name: str, entry: BackboneEntry) -> BackboneInfo:
         config = load_backbone_config(project_path(entry.config))
         spec = config.spec
         resolution = config.resolution or spec.default_resolution
-        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec, *sampling_defaults(config))
+        return cls(name, resolution, config.num_frames or spec.default_num_frames, spec, *sampling_defaults(config),
+                   config.articulated_noise)
 
     def windows(self, num_frames: int, long_video: str) -> int:
         """How many windows the pipeline denoises for `num_frames` (its `plan_windows`, default overlap)."""
@@ -276,7 +278,7 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
     if motion is None and pose_video is None:
         raise RequestError("motion/pose_video: give a motion (.npz file or motion_json), a pose video, or both")
     articulated = fields.get("articulated_noise")
-    articulated = motion is not None if articulated is None else articulated
+    articulated = motion is not None and backbone.articulated_noise if articulated is None else articulated
     if articulated and motion is None:
         raise RequestError("articulated_noise: it is built from a motion; give one or set articulated_noise=false")
     if motion is not None and pose_video is not None and motion.num_frames != len(pose_video):

@@ -151,6 +151,10 @@ class BackboneConfig(BaseModel):
         None, ge=1.0, description="classifier-free guidance; None means the family default (1: a model trained "
         "without caption dropout has no unconditional prediction to guide against)"
     )
+    articulated_noise: bool = Field(
+        True, description="generation starts from a motion's articulated noise unless told otherwise; false for a "
+        "transformer trained on i.i.d. noise only (e.g. the toy's PadaLN variant)"
+    )
 
     @field_validator("variant", mode="before")
     @classmethod

@@ -344,7 +344,7 @@ class AnimationPipeline:
         gamma: float = 0.5,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        articulated_noise: bool = True,
+        articulated_noise: bool | None = None,
         use_padaln: bool | None = None,
         long_video: LongVideoMode = "blend",
         window_overlap: int | None = None,
@@ -365,7 +365,8 @@ class AnimationPipeline:
                 1 turns it off (default: the backbone config's, else the family's, `adapter.default_guidance_scale`).
             seed / generator: one or the other (or neither, for torch's global generator); the same seed
                 gives the same video. Noise is drawn on the generator's device (CPU for a seed).
-            articulated_noise: start from the motion's degraded articulated noise instead of i.i.d. noise.
+            articulated_noise: start from the motion's degraded articulated noise instead of i.i.d. noise
+                (default: when a motion is given and the backbone config's `articulated_noise` says so).
             use_padaln: condition on the pose video through PadaLN (default: when a PadaLN was given); without
                 a pose video the motion's skeletons are rendered.
             long_video: beyond the backbone's window, "blend" denoises overlapping windows together
@@ -401,6 +402,8 @@ class AnimationPipeline:
             raise ValueError("seed/generator: give one or the other")
         if seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
+        if articulated_noise is None:
+            articulated_noise = motion is not None and self.adapter.config.articulated_noise
         request = self._request(
             image, motion, pose_video, num_frames, resolution, fps, articulated_noise, use_padaln, mask
         )

@@ -55,7 +55,9 @@ class RenderDefaults(BaseModel):
     gamma: float = Field(0.5, ge=0, le=1, description="articulated-noise degradation")
     seed: int = 0
     negative_prompt: str = ""
-    articulated_noise: bool = Field(True, description="rows with a motion start from its articulated noise")
+    articulated_noise: bool | None = Field(
+        None, description="rows with a motion start from its articulated noise; None: as the backbone config says"
+    )
     long_video: Literal["blend", "chain"] = "blend"
     window_overlap: int | None = Field(None, ge=1, description="latent frames shared by windows (blend)")
 

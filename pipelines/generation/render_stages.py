@@ -146,6 +146,7 @@ class PrepareStage(_Stage):
         backbone = config.backbone_config()
         self.spec = backbone.spec
         self.sampling_defaults = sampling_defaults(backbone)
+        self.articulated_noise = backbone.articulated_noise
         fixed = adapter_class(backbone.family).config_fixed_num_frames(backbone)
         self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
@@ -186,7 +187,7 @@ class PrepareStage(_Stage):
             "guidance": pick(row.guidance, pick(defaults.guidance, self.sampling_defaults[1])),
             "gamma": pick(row.gamma, defaults.gamma),
             "seed": pick(row.seed, defaults.seed),
-            "articulated_noise": defaults.articulated_noise and row.motion is not None,
+            "articulated_noise": pick(defaults.articulated_noise, self.articulated_noise) and row.motion is not None,
         }
 
     def process(self, item: RenderItem) -> None:

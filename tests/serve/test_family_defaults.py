@@ -9,6 +9,7 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
+from helpers import ROOT
 
 from models.backbones import CogVideoXAdapter, WanAdapter
 from pipelines.demo.motions import make_demo_motion
@@ -55,6 +56,15 @@ def test_a_request_without_steps_or_guidance_gets_its_familys(tmp_path):
     assert submit(config, backbone="tiny-wan", guidance=2.5, steps=3).guidance == 2.5
     overridden = serve_config(tmp_path, defaults={"steps": 4, "guidance": 2.0})  # a config's own, for every backbone
     assert (submit(overridden, backbone="tiny-wan").steps, submit(overridden, backbone="tiny-wan").guidance) == (4, 2.0)
+
+
+def test_articulated_noise_defaults_to_what_the_backbone_was_trained_on(tmp_path):
+    iid = tmp_path / "tiny-iid.yaml"
+    iid.write_text((ROOT / "configs" / "backbones" / "tiny-cogvideox.yaml").read_text() + "articulated_noise: false\n")
+    config = serve_config(tmp_path, backbones={**BACKBONES, "tiny-iid": {"config": str(iid), "device": "cpu"}})
+    assert submit(config).articulated_noise is True  # a motion was given; the default backbone is trained on it
+    assert submit(config, backbone="tiny-iid").articulated_noise is False
+    assert submit(config, backbone="tiny-iid", articulated_noise=True).articulated_noise is True
 
 
 def test_a_long_videos_time_limit_scales_with_windows_and_steps(tmp_path):

@@ -70,6 +70,15 @@ def test_articulated_noise_changes_the_video(pipeline, image, motion):
     assert not np.array_equal(articulated, generate(pipeline, image, motion, gamma=1.0))
 
 
+def test_the_noise_defaults_to_what_the_backbone_was_trained_on(pipeline, body, image, motion):
+    from models.backbones import load_backbone_config
+
+    assert np.array_equal(generate(pipeline, image, motion), generate(pipeline, image, motion, articulated_noise=True))
+    config = load_backbone_config(CONFIGS / "tiny-cogvideox.yaml").model_copy(update={"articulated_noise": False})
+    iid = AnimationPipeline.from_config(config, body=body, noise_options={"texture_size": 64})
+    assert np.array_equal(generate(iid, image, motion), generate(pipeline, image, motion, articulated_noise=False))
+
+
 def test_untrained_padaln_gives_the_same_video_and_a_trained_one_follows_the_pose(pipeline, body, image, motion):
     base = generate(pipeline, image, motion, num_frames=17)
     padaln = PadaLN.for_adapter(pipeline.adapter)
@@ -198,7 +207,8 @@ def nan_motion(motion: Motion) -> Motion:
         ({"guidance_scale": float("nan")}, "guidance_scale"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"motion": None}, "motion/pose_video: give a motion, a pose video, or both"),
-        ({"motion": None, "pose_video": np.zeros((9, 32, 32, 3), np.uint8)}, "motion: articulated noise"),
+        ({"motion": None, "pose_video": np.zeros((9, 32, 32, 3), np.uint8), "articulated_noise": True},
+         "motion: articulated noise"),
         ({"use_padaln": True}, "use_padaln: no PadaLN"),
         ({"resolution": (64, 64)}, "resolution: this backbone's positional embeddings"),
         ({"generator": torch.Generator()}, "seed/generator"),
