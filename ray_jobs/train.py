@@ -5,7 +5,8 @@ locally the same command (or `humanim train`) starts its own Ray. The driver che
 (pipelines/training/config.py, pipelines/training/schedule.py) before any worker starts, writes the resolved config to
 the run folder `<output_dir>/<run_name>/`, and runs a TorchTrainer over `resources.num_workers` workers. Each
 worker reads its rows of every step by key and collates them into training batches a few micro-batches ahead
-of the step in a background thread (pipelines/training/row_stream.py) and runs the DeepSpeed steps of pipelines/training/engine.py. Checkpoints
+of the step in a background thread (pipelines/training/row_stream.py) and runs the DeepSpeed steps of
+pipelines/training/engine.py. Checkpoints
 (DeepSpeed state, RNG, the export) go through `ray.train.report`; a failed worker group restarts from the
 latest one (FailureConfig), and so does a rerun of the job with the same run folder. The run folder also holds
 `metrics.jsonl`, `tensorboard/`, `validation/step_<n>/*.mp4` and, at the end, `export/` (written atomically).
