@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,6 +22,7 @@ from models.noise_warp import (
     latent_num_frames,
     stack_latent_frames,
 )
+from models.paths import ProjectPath
 from models.rasterizer import rasterize, scale_intrinsics, uv_map
 from pipelines.io.config import validate_config
 
@@ -35,8 +35,8 @@ class BodyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_path: Path | None = Field(None, description="SMPL model .npz; unset uses the generated template")
-    uv_path: Path | None = Field(None, description="UV layout (.obj or .npz) for a real SMPL model")
+    model_path: ProjectPath | None = Field(None, description="SMPL model .npz; unset uses the generated template")
+    uv_path: ProjectPath | None = Field(None, description="UV layout (.obj or .npz) for a real SMPL model")
 
 
 class NoiseConfig(BaseModel):

@@ -20,6 +20,7 @@ import ray.data
 from pipelines.evaluation.job import EvaluateJobConfig, PairEvaluator, pair_videos, per_video_table, write_report
 from pipelines.io.config import load_config, write_resolved_config
 from ray_jobs.common import actor_stage, init_ray, run_job
+from ray_jobs.locations import check_durable_output
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: getattr(args, key) for key in ("generated", "reference", "output_dir") if getattr(args, key)}
     config = load_config(EvaluateJobConfig, args.config, overrides)
+    check_durable_output("output_dir", config.output_dir)
     init_ray()
     print(json.dumps(run_job("evaluate", lambda: run(config))))
 

@@ -29,6 +29,7 @@ from pipelines.preprocess.config import VideoJobConfig
 from pipelines.preprocess.motion_folder import MotionNoiseJobConfig, MotionNoiseWorker, list_motion_files, rows_to_table
 from pipelines.preprocess.stages import DecodeStage, EncodeStage, PoseStage, ProbeStage, RenderStage, Tally, WriteStage
 from ray_jobs.common import actor_stage, init_ray, run_job, task_stage
+from ray_jobs.locations import check_durable_output, cli_location
 
 log = logging.getLogger("humanim.preprocess")
 MAX_INPUT_BLOCKS = 1024
@@ -145,13 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="YAML job config (configs/preprocess/)")
     parser.add_argument("--input-dir", type=Path, help="override the input (input_dir, or videos for the video job)")
-    parser.add_argument("--output-dir", help="override output_dir")
+    parser.add_argument("--output-dir", type=cli_location, help="override output_dir (a path or URI)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     is_video_job = _is_video_config(args.config)
     input_key = "videos" if is_video_job else "input_dir"
     overrides = {key: value for key, value in ((input_key, args.input_dir), ("output_dir", args.output_dir)) if value}
     config = load_config(VideoJobConfig if is_video_job else MotionNoiseJobConfig, args.config, overrides)
+    check_durable_output("output_dir", config.output_dir)
     init_ray()
     print(json.dumps(run_job("preprocess", lambda: run_videos(config) if is_video_job else run(config))))
 

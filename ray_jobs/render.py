@@ -25,6 +25,7 @@ from pipelines.generation.render_stages import EncodeStage, GenerateStage, Prepa
 from pipelines.generation.render_store import SUMMARY_NAME, RenderStore
 from pipelines.io.config import load_config, write_resolved_config
 from ray_jobs.common import actor_stage, init_ray, run_job
+from ray_jobs.locations import check_durable_output
 
 log = logging.getLogger("humanim.render")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "render" / "demo.yaml"
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("manifest", args.manifest), ("output_dir", args.output_dir)) if value}
     config = load_config(RenderJobConfig, args.config, overrides)
+    check_durable_output("output_dir", config.output_dir)
     if args.demo:
+        check_durable_output("manifest", config.manifest)
         backbone = config.backbone_config()
         frames = config.defaults.num_frames or backbone.num_frames or backbone.spec.default_num_frames
         write_demo_manifest(config.manifest, config.resolution(), frames)

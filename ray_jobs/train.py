@@ -51,6 +51,7 @@ from pipelines.training.row_stream import scheduled_batches
 from pipelines.training.schedule import RowPlan, steps_per_epoch
 from pipelines.training.validation import VALIDATION_DIR, validate
 from ray_jobs.common import init_ray, run_job
+from ray_jobs.locations import check_durable_output
 
 log = logging.getLogger("humanim.train")
 FAILURE_MARKER = ".failure_injected"
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("output_dir", args.output_dir), ("run_name", args.run_name)) if value}
     config = load_config(TrainJobConfig, args.config, overrides)
+    check_durable_output("output_dir", config.output_dir)
     print(json.dumps(run_job("train", lambda: run(config)), default=str))
 
 

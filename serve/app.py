@@ -24,10 +24,11 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
+from models.paths import resolve_uri
 from pipelines.io.config import validate_config
 from serve.api import build_api
 from serve.auth import ApiKeys
-from serve.config import ServeConfig, resolve_uri
+from serve.config import ServeConfig
 from serve.jobs import JobRecord, JobStore
 from serve.requests import BackboneInfo
 from serve.service import JobService, ReplicaLost

@@ -1,7 +1,7 @@
 """The serve config: the `args` of the humanim application in a Serve config file (configs/serve/*.yaml).
 
-Relative paths (backbone YAMLs, LoRA/PadaLN folders, a local `storage_uri`) are relative to the project root,
-resolved in the process that uses them, so a config means the same thing wherever Serve runs its code.
+Relative paths (backbone YAMLs, LoRA/PadaLN folders, a local `storage_uri`) are relative to the project root
+(`models.paths`), resolved in the process that uses them, so a config means the same thing wherever Serve runs.
 """
 
 from __future__ import annotations
@@ -12,19 +12,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from pipelines.generation.photo import PhotoOptions
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def project_path(path: str | Path) -> Path:
-    """An absolute path: `path` itself, or `path` under the project root."""
-    path = Path(path)
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def resolve_uri(uri: str) -> str:
-    """A `pyarrow.fs` URI: URIs with a scheme as they are, local paths made absolute."""
-    return uri if "://" in uri else str(project_path(uri))
 
 
 class _Strict(BaseModel):

@@ -25,12 +25,13 @@ from pydantic import ValidationError
 
 from models.backbones import VariantSpec, load_backbone_config, sampling_defaults
 from models.motion import Motion, MotionError
+from models.paths import project_path
 from pipelines.generation.frames import pose_video_pixels
 from pipelines.generation.long_video import plan_windows
 from pipelines.generation.photo import PhotoOptions, fit_mask, photo_options, prepare_photo
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from pipelines.io.video import open_video
-from serve.config import BackboneEntry, Limits, ServeConfig, project_path
+from serve.config import BackboneEntry, Limits, ServeConfig
 from serve.jobs import Deployment, GenerationParams
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.paths import project_path, resolve_uri
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.io.motion import motion_from_npz_bytes
 from pipelines.io.video import write_video
-from serve.config import ServeConfig, project_path, resolve_uri
+from serve.config import ServeConfig
 from serve.jobs import JobRecord, JobStore, Progress
 
 logger = logging.getLogger(__name__)

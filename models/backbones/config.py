@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from models.noise_warp import DEFAULT_SPATIAL_FACTOR
+from models.paths import ProjectPath
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class TinySettings(BaseModel):
     vae: dict[str, Any] = Field(default_factory=dict)
     text_encoder: dict[str, Any] = Field(default_factory=dict)
     image_encoder: dict[str, Any] = Field(default_factory=dict)
-    tokenizer_corpus: Path | None = Field(
+    tokenizer_corpus: ProjectPath | None = Field(
         None, description="captions (a text file, one per line, or a folder of .txt files) to train the tokenizer "
         "on; unset: T5's empty tokenizer, which maps every word to <unk>"
     )
@@ -135,9 +136,9 @@ class BackboneConfig(BaseModel):
 
     family: Literal["cogvideox", "wan"]
     variant: str
-    path: Path | None = Field(None, description="diffusers-format folder with the released weights")
+    path: ProjectPath | None = Field(None, description="diffusers-format folder with the released weights")
     tiny: TinySettings | None = None
-    transformer: Path | None = Field(
+    transformer: ProjectPath | None = Field(
         None, description="a transformer folder used in place of the backbone's own (e.g. one ablation variant "
         "beside a shared VAE and text encoder, or a full fine-tune's export/transformer)"
     )

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 
+from models.paths import ProjectPath
+
 # Feature networks
 
 
@@ -51,8 +53,8 @@ class LpipsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     net: Literal["alex", "vgg"] = "alex"
-    backbone_weights: Path = Field(description="AlexNet/VGG-16 `features` weights (.safetensors, torchvision names)")
-    linear_weights: Path = Field(description="LPIPS v0.1 linear layers (.safetensors, lpips names)")
+    backbone_weights: ProjectPath = Field(description="AlexNet/VGG-16 `features` weights (.safetensors, torchvision names)")
+    linear_weights: ProjectPath = Field(description="LPIPS v0.1 linear layers (.safetensors, lpips names)")
 
 
 class Lpips(torch.nn.Module):
@@ -120,7 +122,7 @@ class FeatureNetworkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(description="TorchScript file (torch.jit.save)")
+    path: ProjectPath = Field(description="TorchScript file (torch.jit.save)")
     input_range: tuple[float, float] = (0.0, 255.0)
     resize: tuple[int, int] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the call")

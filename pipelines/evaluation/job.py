@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.paths import ProjectPath
 from pipelines.evaluation.feature_networks import (
     I3D_WHAT,
     INCEPTION_WHAT,
@@ -69,9 +70,9 @@ class EvaluateJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    generated: Path = Field(description="folder of generated videos")
-    reference: Path = Field(description="folder of ground-truth videos with the same file stems")
-    output_dir: Path
+    generated: ProjectPath = Field(description="folder of generated videos")
+    reference: ProjectPath = Field(description="folder of ground-truth videos with the same file stems")
+    output_dir: ProjectPath
     name: str = Field("humanim", description="the method's name in the Markdown table")
     lpips: LpipsConfig | None = None
     inception: FeatureNetworkConfig | None = Field(None, description="FID and FID-VID")

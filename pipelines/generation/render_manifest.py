@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.paths import ProjectPath
 from pipelines.articulated_noise import BodyConfig
 from pipelines.generation.photo import Fit, PhotoOptions
 from pipelines.io.config import StageResources
@@ -77,11 +78,11 @@ class RenderJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    manifest: Path = Field(description="a .parquet, .jsonl or .csv manifest (see the module docstring)")
-    output_dir: Path
-    backbone: Path = Field(description="a backbone YAML (configs/backbones/)")
-    lora: Path | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
-    padaln: Path | None = Field(None, description="folder with PadaLN weights: pose control")
+    manifest: ProjectPath = Field(description="a .parquet, .jsonl or .csv manifest (see the module docstring)")
+    output_dir: ProjectPath
+    backbone: ProjectPath = Field(description="a backbone YAML (configs/backbones/)")
+    lora: ProjectPath | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
+    padaln: ProjectPath | None = Field(None, description="folder with PadaLN weights: pose control")
     body: BodyConfig = BodyConfig()
     noise: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig options (texture_size, ...)")
     defaults: RenderDefaults = RenderDefaults()

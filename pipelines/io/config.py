@@ -32,14 +32,18 @@ def validate_config(schema: type[ConfigT], data: dict[str, Any], source: str = "
 
 
 def load_config(schema: type[ConfigT], path: str | Path, overrides: dict[str, Any] | None = None) -> ConfigT:
-    """Read a YAML file, apply top-level overrides, validate against `schema`."""
+    """Read a YAML file, apply top-level overrides, validate against `schema`.
+
+    Relative paths in the file are relative to the project root (`models.paths`); `Path` overrides come from a
+    command line, so a relative one is relative to the current directory, as the user typed it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
-    return validate_config(schema, {**data, **(overrides or {})}, source=f"config {path}")
+    typed = {key: value.absolute() if isinstance(value, Path) else value for key, value in (overrides or {}).items()}
+    return validate_config(schema, {**data, **typed}, source=f"config {path}")
 
 
 def write_resolved_config(config: BaseModel, output_dir: Path) -> Path:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.motion_decoder import UPSCALE
+from models.paths import ProjectPath, ProjectUri
 from pipelines.articulated_noise import BodyConfig, NoiseConfig
 from pipelines.io.config import StageResources, TaskResources
 from pipelines.preprocess.clips import ClipConfig
@@ -33,7 +34,7 @@ class CaptionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_path: Path | None = Field(None, description="folder of a transformers image-text-to-text model")
+    model_path: ProjectPath | None = Field(None, description="folder of a transformers image-text-to-text model")
     prompt: str = "Describe the person in this image and what they are doing, in one sentence."
     max_new_tokens: int = Field(48, ge=1)
     default: str = ""
@@ -54,8 +55,8 @@ class VideoJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    videos: Path = Field(description="a folder of videos, or a .parquet/.jsonl/.csv manifest")
-    output_dir: str = Field(description="a local path or a pyarrow filesystem URI (file://, s3://, gs://, ...)")
+    videos: ProjectPath = Field(description="a folder of videos, or a .parquet/.jsonl/.csv manifest")
+    output_dir: ProjectUri = Field(description="a local path or a pyarrow filesystem URI (file://, s3://, gs://, ...)")
     backbone: dict[str, Any] = Field(description="a backbone YAML path or the config itself (see backbone_config)")
     clips: ClipConfig = ClipConfig()
     noise: NoiseConfig = Field(NoiseConfig(), description="num_frames, height and width follow the backbone")

@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.body_model import load_body_model
+from models.paths import ProjectPath
 from pipelines.articulated_noise import BodyConfig, NoiseConfig, build_motion_operator, preview_frames
 from pipelines.io.arrow_arrays import list_column
 from pipelines.io.failures import describe_error
@@ -42,8 +43,8 @@ class MotionNoiseJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_dir: Path
-    output_dir: Path
+    input_dir: ProjectPath
+    output_dir: ProjectPath
     noise: NoiseConfig = NoiseConfig()
     body: BodyConfig = BodyConfig()
     previews: bool = True

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.body_model import BodyModel, load_body_model
 from models.motion import Motion
+from models.paths import ProjectPath
 from pipelines.io.config import validate_config
 from pipelines.preprocess.clips import decode_frames
 from pipelines.preprocess.keypoint_estimators import (
@@ -56,13 +57,13 @@ class PoseOptions(BaseModel):
     keypoint_backend: Literal["dwpose", "mediapipe"] = Field(
         "dwpose", description="keypoint estimator for clips without sidecars (pipelines/preprocess/keypoint_estimators.py)"
     )
-    dwpose_model: Path | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for the dwpose estimator")
+    dwpose_model: ProjectPath | None = Field(None, description=f"DWPose ONNX file ({DWPOSE_MODEL_NAME}) for the dwpose estimator")
     model_complexity: Literal[0, 1, 2] = Field(
         1,
         description="MediaPipe's BlazePose landmark model: 1 (full) ships in the wheel; 0 (lite) and 2 (heavy) need "
         "mediapipe_model",
     )
-    mediapipe_model: Path | None = Field(
+    mediapipe_model: ProjectPath | None = Field(
         None,
         description=f"local {MEDIAPIPE_LANDMARK_MODELS[0]} or {MEDIAPIPE_LANDMARK_MODELS[2]} for model_complexity 0 "
         "or 2 (never downloaded)",

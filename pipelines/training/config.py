@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.backbones.config import BackboneConfig, LoraSettings
 from models.losses import LossConfig
+from models.paths import PROJECT_ROOT, ProjectPath, ProjectUri, project_path
 
-BACKBONE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "backbones"
+BACKBONE_CONFIGS = PROJECT_ROOT / "configs" / "backbones"
 
 
 class _Strict(BaseModel):
@@ -24,34 +25,26 @@ class _Strict(BaseModel):
 
 
 def resolve_backbone(value: Any) -> dict[str, Any]:
-    """A backbone config as a validated mapping, from a YAML path, a name under configs/backbones/, or a mapping."""
+    """A backbone config as a validated mapping, from a YAML path, a name under configs/backbones/, or a mapping.
+    Its weights folders come out absolute (`models.paths`), so Ray Train workers find them from any directory."""
     if isinstance(value, dict):
-        return _with_absolute_path(BackboneConfig.model_validate(value).model_dump(mode="json"))
+        return BackboneConfig.model_validate(value).model_dump(mode="json")
     if not isinstance(value, (str, Path)):
         # A ValueError, not a TypeError: pydantic reports ValueErrors as field errors.
         raise ValueError(f"expected a backbone YAML path or name, got {type(value).__name__}")  # noqa: TRY004
-    path = Path(value)
+    path = project_path(value)
     if not path.is_file():
         path = BACKBONE_CONFIGS / f"{value}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in BACKBONE_CONFIGS.glob("*.yaml"))
         raise ValueError(f"unknown backbone {str(value)!r}: neither a YAML file nor one of {known}")
-    return _with_absolute_path(BackboneConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json"))
-
-
-def _with_absolute_path(backbone: dict[str, Any]) -> dict[str, Any]:
-    """The backbone's weights folders as absolute paths, resolved where the job is launched: Ray Train workers
-    run in other working directories (as `output_dir`, they must be paths every worker can reach)."""
-    for key in ("path", "transformer"):
-        if backbone.get(key):
-            backbone[key] = str(Path(backbone[key]).resolve())
-    return backbone
+    return BackboneConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
 
 
 class DataSettings(_Strict):
     """Training rows written by the preprocessing job."""
 
-    rows_dir: str = Field(description="the preprocessing job's output_dir (holding rows/): a path or pyarrow URI")
+    rows_dir: ProjectUri = Field(description="the preprocessing job's output_dir (holding rows/): a path or pyarrow URI")
     validation_rows: int = Field(0, ge=0, description="rows held out of training for validation")
     prefetch_batches: int = Field(
         2, ge=0, description="micro-batches each worker reads and collates ahead of the step (a background thread)"
@@ -137,9 +130,9 @@ class TrainJobConfig(_Strict):
 
     backbone: dict[str, Any] = Field(description="a backbone YAML path, a name under configs/backbones/, or a mapping")
     data: DataSettings
-    output_dir: Path = Field(description="run folders go here (<output_dir>/<run_name>); every worker must reach it")
+    output_dir: ProjectPath = Field(description="run folders go here (<output_dir>/<run_name>); every worker must reach it")
     run_name: str = Field("train", pattern=r"^[A-Za-z0-9._-]+$")
-    deepspeed: Path = Field(description="DeepSpeed JSON (configs/deepspeed/); 'auto' values come from this config")
+    deepspeed: ProjectPath = Field(description="DeepSpeed JSON (configs/deepspeed/); 'auto' values come from this config")
     finetune: Literal["lora", "full"] = Field("lora", description="LoRA on the transformer, or all its weights")
     transformer_init: Literal["pretrained", "random"] = Field(
         "pretrained", description="start from the backbone's transformer weights, or from fresh ones of its "
@@ -169,11 +162,6 @@ class TrainJobConfig(_Strict):
     def _backbone(cls, value: Any) -> dict[str, Any]:
         return resolve_backbone(value)
 
-    @field_validator("output_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.resolve()
-
     @field_validator("deepspeed")
     @classmethod
     def _deepspeed_file(cls, value: Path) -> Path:
@@ -185,7 +173,7 @@ class TrainJobConfig(_Strict):
             raise ValueError(f"DeepSpeed config {str(value)!r} is not valid JSON: {err}") from None
         if not isinstance(settings, dict) or "zero_optimization" not in settings:
             raise ValueError(f"DeepSpeed config {str(value)!r} needs a zero_optimization section")
-        return value.resolve()
+        return value
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> TrainJobConfig:

@@ -24,6 +24,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.paths import ProjectPath
 from pipelines.io.manifest import list_videos
 from pipelines.io.video import read_video
 from pipelines.preprocess.clips import centre_box, crop_frames
@@ -36,9 +37,9 @@ VAE_DIR = "vae"
 class VaeTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    videos: Path = Field(description="a folder of training videos")
-    init: Path = Field(description="the VAE to start from: a diffusers `vae/` folder (e.g. of a freshly built toy)")
-    output_dir: Path = Field(description="the run folder (resumed when it holds a state)")
+    videos: ProjectPath = Field(description="a folder of training videos")
+    init: ProjectPath = Field(description="the VAE to start from: a diffusers `vae/` folder (e.g. of a freshly built toy)")
+    output_dir: ProjectPath = Field(description="the run folder (resumed when it holds a state)")
     frames: int = Field(9, ge=1, description="frames per training clip, 8k+1: an odd number of latent frames")
     crop: tuple[int, int] = Field((64, 96), description="(height, width) of the random crops, multiples of 8")
     resize: tuple[int, int] | None = Field(

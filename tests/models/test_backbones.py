@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from models.backbones import BackboneConfig, CogVideoXAdapter, WanAdapter, build_adapter, load_backbone_config
 from models.backbones.config import VARIANTS
+from models.paths import PROJECT_ROOT
 
 
 def reference_image(batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -253,7 +254,7 @@ def test_all_backbone_configs_validate():
     toy = load_backbone_config(CONFIGS / "toy-cogvideox-init.yaml")
     assert toy.tiny is not None and (toy.resolution, toy.num_frames) == ((64, 96), 25)
     real = load_backbone_config(CONFIGS / "cogvideox1.5-5b-i2v.yaml")
-    assert (real.path, real.num_frames, real.resolution) == (Path("weights/CogVideoX1.5-5B-I2V"), 81, (768, 1360))
+    assert (real.path, real.num_frames, real.resolution) == (PROJECT_ROOT / "weights/CogVideoX1.5-5B-I2V", 81, (768, 1360))
 
 
 @pytest.mark.parametrize(
