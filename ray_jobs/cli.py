@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help=cmd_render.__doc__)
     render.add_argument("--config", type=Path, help="render config (default: configs/render/demo.yaml)")
     render.add_argument("--manifest", type=Path, help="override the config's manifest (.parquet, .jsonl or .csv)")
-    render.add_argument("--out", type=Path, help="override output_dir")
+    render.add_argument("--out", help="override output_dir (a local path or a pyarrow filesystem URI)")
     render.add_argument("--demo", action="store_true", help="first write the demo manifest where `manifest` points")
     render.set_defaults(func=cmd_render)
 
