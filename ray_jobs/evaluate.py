@@ -45,8 +45,8 @@ def run(config: EvaluateJobConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML job config (configs/evaluate/)")
-    parser.add_argument("--generated", type=Path, help="folder of generated videos (overrides the config)")
-    parser.add_argument("--reference", type=Path, help="folder of ground-truth videos with the same file stems")
+    parser.add_argument("--generated", help="folder of generated videos, a path or URI (overrides the config)")
+    parser.add_argument("--reference", help="folder of ground-truth videos with the same file stems (a path or URI)")
     parser.add_argument("--output-dir", type=Path, help="override output_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
