@@ -154,9 +154,12 @@ class RenderStore:
 
     def done(self) -> frozenset[str]:
         """Ids whose metadata says "ok" and whose MP4 exists."""
+        selector = pyarrow.fs.FileSelector(self.path(VIDEOS_DIR), allow_not_found=True)
+        # one listing, not a request per id (an object store answers each in milliseconds)
+        videos = {info.path.rsplit("/", 1)[-1] for info in self.filesystem.get_file_info(selector)
+                  if info.type == pyarrow.fs.FileType.File}
         return frozenset(
-            item_id for item_id, row in self.records().items()
-            if row["status"] == "ok" and exists(self.filesystem, self.video_path(item_id))
+            item_id for item_id, row in self.records().items() if row["status"] == "ok" and f"{item_id}.mp4" in videos
         )
 
     def append(self, table: pa.Table) -> None:
