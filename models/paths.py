@@ -29,11 +29,11 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
-def resolve_uri(location: str) -> str:
+def resolve_location(location: str) -> str:
     """A `pyarrow.fs` location: URIs as they are, local paths made absolute under the project root."""
     return location if is_uri(location) else str(project_path(location))
 
 
 # Config field types that resolve as described above.
 ProjectPath = Annotated[Path, AfterValidator(project_path)]
-ProjectUri = Annotated[str, AfterValidator(resolve_uri)]
+ProjectUri = Annotated[str, AfterValidator(resolve_location)]

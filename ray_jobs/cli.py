@@ -139,10 +139,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     noise_config = load_config(
         MotionNoiseJobConfig, DEMO_CONFIG, {"input_dir": inputs / "motions", "output_dir": args.out / "noise"}
     )
+    generated = args.out / "render" / "videos"
     evaluate_config = load_config(
         EvaluateJobConfig,
         evaluate.DEFAULT_CONFIG,
-        {"generated": args.out / "render" / "videos", "reference": inputs / "reference",
+        {"generated": generated, "reference": inputs / "reference",
          "output_dir": args.out / "evaluation"},
     )
     _quiet_demo_logs()
@@ -151,9 +152,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     previews = args.out / "previews"
 
     def write_previews() -> dict[str, int]:
-        written = [write_preview(inputs / "images" / f"{name}.png", evaluate_config.generated / f"{name}.mp4",
+        written = [write_preview(inputs / "images" / f"{name}.png", generated / f"{name}.mp4",
                                  inputs / "reference" / f"{name}.mp4", previews / f"{name}.mp4")
-                   for name in DEMO_ROWS if (evaluate_config.generated / f"{name}.mp4").is_file()]
+                   for name in DEMO_ROWS if (generated / f"{name}.mp4").is_file()]
         return {"written": len(written)}
 
     for name, job in (("noise", lambda: preprocess.run(noise_config)), ("render", lambda: render.run(render_config)),
@@ -396,13 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help=cmd_render.__doc__)
     render.add_argument("--config", type=Path, help="render config (default: configs/render/demo.yaml)")
     render.add_argument("--manifest", type=Path, help="override the config's manifest (.parquet, .jsonl or .csv)")
-    render.add_argument("--out", type=Path, help="override output_dir")
+    render.add_argument("--out", help="override output_dir (a local path or a pyarrow filesystem URI)")
     render.add_argument("--demo", action="store_true", help="first write the demo manifest where `manifest` points")
     render.set_defaults(func=cmd_render)
 
     evaluate = commands.add_parser("evaluate", help=cmd_evaluate.__doc__)
-    evaluate.add_argument("--generated", type=Path, help="folder of generated videos (overrides the config)")
-    evaluate.add_argument("--reference", type=Path, help="folder of ground-truth videos, same file stems")
+    evaluate.add_argument("--generated", help="folder of generated videos, a path or URI (overrides the config)")
+    evaluate.add_argument("--reference", help="folder of ground-truth videos, same file stems (a path or URI)")
     evaluate.add_argument("--config", type=Path, help="evaluation config (default: configs/evaluate/demo.yaml)")
     evaluate.add_argument("--out", type=Path, help="override output_dir")
     evaluate.set_defaults(func=cmd_evaluate)

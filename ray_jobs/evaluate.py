@@ -20,7 +20,7 @@ import ray.data
 from pipelines.evaluation.job import EvaluateJobConfig, PairEvaluator, pair_videos, per_video_table, write_report
 from pipelines.io.config import load_config, write_resolved_config
 from ray_jobs.common import actor_stage, init_ray, run_job
-from ray_jobs.locations import check_durable_output
+from ray_jobs.locations import check_durable_output, cli_location
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
 
@@ -46,8 +46,8 @@ def run(config: EvaluateJobConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML job config (configs/evaluate/)")
-    parser.add_argument("--generated", type=Path, help="folder of generated videos (overrides the config)")
-    parser.add_argument("--reference", type=Path, help="folder of ground-truth videos with the same file stems")
+    parser.add_argument("--generated", type=cli_location, help="folder of generated videos, a path or URI (overrides the config)")
+    parser.add_argument("--reference", type=cli_location, help="folder of ground-truth videos with the same file stems (a path or URI)")
     parser.add_argument("--output-dir", type=Path, help="override output_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

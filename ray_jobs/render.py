@@ -25,7 +25,7 @@ from pipelines.generation.render_stages import EncodeStage, GenerateStage, Prepa
 from pipelines.generation.render_store import SUMMARY_NAME, RenderStore
 from pipelines.io.config import load_config, write_resolved_config
 from ray_jobs.common import actor_stage, init_ray, run_job
-from ray_jobs.locations import check_durable_output
+from ray_jobs.locations import check_durable_output, cli_location
 
 log = logging.getLogger("humanim.render")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "render" / "demo.yaml"
@@ -44,7 +44,7 @@ def run(config: RenderJobConfig) -> dict[str, int]:
     """Render every manifest row not done yet; returns the item counts (items = written + failed + skipped)."""
     rows = read_render_manifest(config.manifest)
     store = RenderStore(config.output_dir)
-    write_resolved_config(config, config.output_dir)
+    write_resolved_config(config, store.uri)
     done = store.done()
     todo = [row for row in rows if row["id"] not in done]
     counts = {"items": len(rows), "written": 0, "failed": 0, "skipped": len(rows) - len(todo)}
@@ -65,8 +65,8 @@ def run(config: RenderJobConfig) -> dict[str, int]:
         raise RuntimeError(f"lost items: {lost} were neither written nor failed ({counts})")
     summary: dict[str, Any] = dict(counts)
     if store.unreadable:  # set aside in metadata.unreadable/; their rows were rendered again
-        summary["unreadable_metadata"] = {str(path): reason for path, reason in store.unreadable.items()}
-    (config.output_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        summary["unreadable_metadata"] = dict(store.unreadable)
+    store.write_text(SUMMARY_NAME, json.dumps(summary, indent=2))
     return counts
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML job config (configs/render/)")
     parser.add_argument("--manifest", type=Path, help="override the config's manifest (.parquet, .jsonl or .csv)")
-    parser.add_argument("--output-dir", type=Path, help="override output_dir")
+    parser.add_argument("--output-dir", type=cli_location, help="override output_dir (a path or pyarrow URI)")
     parser.add_argument("--demo", action="store_true", help="first write the demo manifest where `manifest` points")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

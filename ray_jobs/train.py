@@ -30,7 +30,8 @@ from ray.train.torch import TorchTrainer, get_device
 
 from models.backbones import build_adapter
 from pipelines.io.config import load_config, write_resolved_config
-from pipelines.io.row_reader import keys_table, read_rows, row_filesystem
+from pipelines.io.filesystem import resolve_uri
+from pipelines.io.row_reader import keys_table, read_rows
 from pipelines.training.config import TrainJobConfig
 from pipelines.training.engine import (
     EXPORT_DIR,
@@ -110,7 +111,7 @@ def train_worker(settings: dict[str, Any]) -> None:
     zero3 = engine.zero_optimization_stage() == 3
     validation = config.validation
     validating = validation.every_steps is not None and bool(plan.validation) and (rank == 0 or zero3)
-    held_out = read_rows(row_filesystem(plan.rows_uri)[0], keys_table(list(plan.validation))) if validating else None
+    held_out = read_rows(resolve_uri(plan.rows_uri)[0], keys_table(list(plan.validation))) if validating else None
     sinks = MetricSinks(config.logging, config.run_dir, config.run_name, settings["config"]) if rank == 0 else None
     per_epoch = steps_per_epoch(len(plan.train), config.batch_size)
     engine.train()

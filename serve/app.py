@@ -24,7 +24,7 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from models.paths import resolve_uri
+from models.paths import resolve_location
 from pipelines.io.config import validate_config
 from serve.api import build_api
 from serve.auth import ApiKeys
@@ -75,7 +75,7 @@ class Ingress:
         self.keys = ApiKeys(config.auth)
         self.limits = config.limits
         backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
-        store = JobStore(resolve_uri(config.storage_uri))
+        store = JobStore(resolve_location(config.storage_uri))
         self.service = JobService(config, store, backbones, self._dispatch, owner=f"ingress-{uuid.uuid4().hex}")
         self._reconciler = asyncio.get_running_loop().create_task(self.service.reconcile_forever())
 

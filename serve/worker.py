@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.paths import project_path, resolve_uri
+from models.paths import project_path, resolve_location
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.io.motion import motion_from_npz_bytes
 from pipelines.io.video import write_video
@@ -116,7 +116,7 @@ class GenerationWorker:
 
     def __init__(self, config: ServeConfig, name: str):
         self.config, self.name = config, name
-        self.store = JobStore(resolve_uri(config.storage_uri))
+        self.store = JobStore(resolve_location(config.storage_uri))
         self._loaded: tuple[str, AnimationPipeline] | None = None
 
     def _pipeline(self, backbone: str) -> AnimationPipeline:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.csv
+import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.paths import ProjectPath
+from models.paths import ProjectPath, ProjectUri
 from pipelines.evaluation.feature_networks import (
     I3D_WHAT,
     INCEPTION_WHAT,
@@ -32,6 +34,7 @@ from pipelines.evaluation.metrics import feature_frechet_distance, l1_distance, 
 from pipelines.io.arrow_arrays import pack_state, unpack_state
 from pipelines.io.config import StageResources
 from pipelines.io.failures import describe_error
+from pipelines.io.filesystem import child_uri, resolve_uri
 from pipelines.io.manifest import VIDEO_SUFFIXES
 from pipelines.io.video import read_video
 
@@ -70,14 +73,20 @@ class EvaluateJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    generated: ProjectPath = Field(description="folder of generated videos")
-    reference: ProjectPath = Field(description="folder of ground-truth videos with the same file stems")
+    generated: ProjectUri = Field(description="folder of generated videos: a local path or a pyarrow filesystem URI (e.g. "
+                           "the render job's <output_dir>/videos)")
+    reference: ProjectUri = Field(description="folder of ground-truth videos with the same file stems (a path or URI)")
     output_dir: ProjectPath
     name: str = Field("humanim", description="the method's name in the Markdown table")
     lpips: LpipsConfig | None = None
     inception: FeatureNetworkConfig | None = Field(None, description="FID and FID-VID")
     i3d: FeatureNetworkConfig | None = Field(None, description="FVD")
     resources: StageResources = StageResources()
+
+    @field_validator("generated", "reference", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def check_weights(self) -> None:
         """Every configured weights file exists (FileNotFoundError naming it otherwise), before any work starts."""
@@ -92,26 +101,38 @@ class EvaluateJobConfig(BaseModel):
             require_file(self.i3d.path, "i3d.path", I3D_WHAT)
 
 
-def _videos(folder: Path, field: str) -> dict[str, Path]:
-    if not folder.is_dir():
+def _videos(folder: str, field: str) -> dict[str, str]:
+    """The folder's videos by file stem, each as a path or URI under `folder` (see `child_uri`)."""
+    filesystem, root = resolve_uri(folder)
+    if filesystem.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         raise FileNotFoundError(f"{field}: folder not found: {folder} (expected a folder of videos)")
-    return {path.stem: path for path in sorted(folder.iterdir()) if path.suffix.lower() in VIDEO_SUFFIXES}
+    names = sorted(PurePosixPath(info.path).name for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root))
+                   if info.type == pyarrow.fs.FileType.File)
+    return {PurePosixPath(name).stem: child_uri(folder, name) for name in names
+            if PurePosixPath(name).suffix.lower() in VIDEO_SUFFIXES}
 
 
-def pair_videos(generated: Path, reference: Path) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
-    """Pairs `{id, generated_path, reference_path}` by file stem, and the stems found on one side only."""
-    ours, truth = _videos(generated, "generated"), _videos(reference, "reference")
-    pairs = [{"id": stem, "generated_path": str(ours[stem]), "reference_path": str(truth[stem])}
+def pair_videos(generated: str | Path, reference: str | Path) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
+    """Pairs `{id, generated_path, reference_path}` by file stem (paths or URIs, as the folders were given), and the
+    stems found on one side only."""
+    ours, truth = _videos(str(generated), "generated"), _videos(str(reference), "reference")
+    pairs = [{"id": stem, "generated_path": ours[stem], "reference_path": truth[stem]}
              for stem in sorted(set(ours) & set(truth))]
     return pairs, {"generated_only": sorted(set(ours) - set(truth)), "reference_only": sorted(set(truth) - set(ours))}
 
 
+def _read_video(uri: str, field: str) -> np.ndarray:
+    filesystem, path = resolve_uri(uri)
+    return read_video(path, field, filesystem)[0]
+
+
 def _background(reference_path: str, size: tuple[int, int]) -> np.ndarray | None:
     """The clip's static background (`<stem>.background.png` beside the ground truth) at `size`, if there is one."""
-    path = Path(reference_path).with_suffix(BACKGROUND_SUFFIX)
-    if not path.is_file():
+    filesystem, path = resolve_uri(reference_path)
+    path = str(PurePosixPath(path).with_suffix(BACKGROUND_SUFFIX))
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
-    with PIL.Image.open(path) as image:
+    with filesystem.open_input_file(path) as file, PIL.Image.open(file) as image:
         image = image.convert("RGB")
         if image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), PIL.Image.Resampling.BICUBIC)
@@ -157,8 +178,8 @@ class PairEvaluator:
         """The pair's row (`PER_VIDEO_SCHEMA` plus its packed features)."""
         row: dict[str, Any] = {**pair, "status": "ok"}
         try:
-            generated, _ = read_video(pair["generated_path"], "generated")
-            reference = aligned(generated, read_video(pair["reference_path"], "reference")[0])
+            generated = _read_video(pair["generated_path"], "generated")
+            reference = aligned(generated, _read_video(pair["reference_path"], "reference"))
             background = _background(pair["reference_path"], generated.shape[1:3])
             row.update(frames=len(generated), **self._pixel_metrics(generated, reference, background))
             static = np.repeat(reference[:1], len(reference), axis=0)

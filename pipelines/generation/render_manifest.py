@@ -21,13 +21,14 @@ cannot be read, lacks the `id`/`image` columns, has unknown columns, or repeats 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.paths import ProjectPath
+from models.paths import ProjectPath, ProjectUri
 from pipelines.articulated_noise import BodyConfig
 from pipelines.generation.photo import Fit, PhotoOptions
 from pipelines.io.config import StageResources
@@ -79,7 +80,9 @@ class RenderJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     manifest: ProjectPath = Field(description="a .parquet, .jsonl or .csv manifest (see the module docstring)")
-    output_dir: ProjectPath
+    output_dir: ProjectUri = Field(
+        description="a local path or a pyarrow filesystem URI (file://, s3://bucket/prefix, ...) that every node reaches"
+    )
     backbone: ProjectPath = Field(description="a backbone YAML (configs/backbones/)")
     lora: ProjectPath | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
     padaln: ProjectPath | None = Field(None, description="folder with PadaLN weights: pose control")
@@ -89,6 +92,11 @@ class RenderJobConfig(BaseModel):
     photo: PhotoOptions = Field(PhotoOptions(), description="how reference photos are fitted (rows may override)")
     resources: RenderResources = RenderResources()
     progress_interval_s: float = Field(10.0, gt=0)
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
     def _backbone_loads(self) -> RenderJobConfig:

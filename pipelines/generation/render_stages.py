@@ -9,7 +9,8 @@ are in `render_manifest`, the output folder in `render_store`.
                      backbone's rule and the driving input; for articulated noise, the motion's warp operator (body
                      rendering and rasterization stay off the GPU workers)
     generate  (GPU)  the animation pipeline, built once per worker, samples the noise, denoises and decodes
-    encode    (CPU)  the frames as videos/<id>.mp4 (written under a temporary name, then moved into place)
+    encode    (CPU)  the frames as videos/<id>.mp4 in the output folder (a local path or a pyarrow filesystem URI),
+                     written under a temporary name, then moved into place
 
 diffusers (models.backbones, pipelines.generation.animation) is imported only where a stage needs it, so the
 encode actors start without it (it takes seconds to import).
@@ -282,13 +283,13 @@ class EncodeStage:
             return row
         try:
             frames, fps = item.state["frames"], float(item.settings["fps"])
-            path = self.store.write_video(item.id, frames, fps)
+            uri = self.store.write_video(item.id, frames, fps)
         except Exception as err:  # noqa: BLE001 - a failure row, never a lost item
             return {**row, "status": "failed", "stage": self.name, "error": describe_error(err)}
         count, height, width = (int(side) for side in frames.shape[:3])
         return {
             **row,
-            "output_path": str(path),
+            "output_path": uri,
             "frames": count,
             "height": height,
             "width": width,

@@ -1,4 +1,5 @@
-"""The offline render job's output folder (a path every node can reach, e.g. a shared file system):
+"""The offline render job's output folder, a local path or a pyarrow filesystem URI (file://, s3://bucket/prefix,
+...) that every node reaches (a local path on several nodes must be a shared file system):
 
     videos/<id>.mp4     the videos
     metadata.parquet    one row per item (`METADATA_SCHEMA`): the latest outcome of every id ever rendered here
@@ -16,16 +17,18 @@ use a new output folder, to render a row again with other settings).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 import pyarrow.parquet as pq
 
+from pipelines.io.filesystem import child_uri, exists, resolve_uri
 from pipelines.io.video import write_video
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ METADATA_NAME = "metadata.parquet"
 PARTS_DIR = "metadata.parts"
 UNREADABLE_DIR = "metadata.unreadable"
 SUMMARY_NAME = "summary.json"
+COPY_CHUNK = 1 << 22
 METADATA_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -76,41 +80,72 @@ def metadata_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 class RenderStore:
-    """The job's output folder: videos, the metadata of every item, and the parts of a run in progress."""
+    """The job's output folder on any pyarrow filesystem: videos, the metadata of every item, and the parts of a run
+    in progress. Every read and write goes through `filesystem`, so the driver and encoders on other nodes see the
+    same files."""
 
-    def __init__(self, output_dir: str | Path) -> None:
-        self.root = Path(output_dir)
-        self.unreadable: dict[Path, str] = {}  # metadata files `records` could not read: the reason
+    def __init__(self, output_dir: str | Path, filesystem: pyarrow.fs.FileSystem | None = None) -> None:
+        """`output_dir`: a local path or a pyarrow filesystem URI; or, with `filesystem` (one already configured,
+        e.g. an S3FileSystem with its own endpoint), the folder's path on it."""
+        if filesystem is None:
+            self.uri = child_uri(str(output_dir))  # a relative local path resolved here, once
+            self.filesystem, self.root = resolve_uri(self.uri)
+        else:
+            self.filesystem, self.root = filesystem, str(output_dir).rstrip("/")
+            self.uri = self.root
+        self._named_by_uri = filesystem is None
+        self.unreadable: dict[str, str] = {}  # metadata files `records` could not read: the reason
 
-    def video_path(self, item_id: str) -> Path:
-        return self.root / VIDEOS_DIR / f"{item_id}.mp4"
+    def path(self, *parts: str) -> str:
+        """`parts` under the folder, as a path on `filesystem`."""
+        return "/".join([self.root, *parts])
 
-    def write_video(self, item_id: str, frames: np.ndarray, fps: float) -> Path:
-        """videos/<id>.mp4, written under a temporary name first: an MP4 in videos/ is always complete."""
-        partial = self.root / PARTIAL_DIR / f"{item_id}.mp4"
-        write_video(partial, frames, fps)
-        final = self.video_path(item_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, final)
-        return final
+    def video_path(self, item_id: str) -> str:
+        return self.path(VIDEOS_DIR, f"{item_id}.mp4")
 
-    def _parts(self) -> list[Path]:
-        folder = self.root / PARTS_DIR
-        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    def video_uri(self, item_id: str) -> str:
+        """Where a user reads videos/<id>.mp4 from any node: the URI, or the absolute path of a local folder (the
+        path on `filesystem` when the store was given one)."""
+        return child_uri(self.uri, VIDEOS_DIR, f"{item_id}.mp4") if self._named_by_uri else self.video_path(item_id)
+
+    def write_video(self, item_id: str, frames: np.ndarray, fps: float) -> str:
+        """videos/<id>.mp4, encoded to a local temporary file, copied into .partial/ and then moved into place: an
+        MP4 in videos/ is always complete. Returns its `video_uri`."""
+        with tempfile.TemporaryDirectory(prefix="humanim-encode-") as local:
+            encoded = Path(local) / f"{item_id}.mp4"
+            write_video(encoded, frames, fps)
+            partial = self.path(PARTIAL_DIR, f"{item_id}.mp4")
+            self.filesystem.create_dir(self.path(PARTIAL_DIR), recursive=True)
+            with encoded.open("rb") as source, self.filesystem.open_output_stream(partial) as target:
+                shutil.copyfileobj(source, target, COPY_CHUNK)
+        self.filesystem.create_dir(self.path(VIDEOS_DIR), recursive=True)
+        self.filesystem.move(partial, self.video_path(item_id))
+        return self.video_uri(item_id)
+
+    def write_text(self, name: str, text: str) -> None:
+        self.filesystem.create_dir(self.root, recursive=True)
+        with self.filesystem.open_output_stream(self.path(name)) as stream:
+            stream.write(text.encode())
+
+    def _parts(self) -> list[str]:
+        selector = pyarrow.fs.FileSelector(self.path(PARTS_DIR), allow_not_found=True)
+        return sorted(info.path for info in self.filesystem.get_file_info(selector)
+                      if info.type == pyarrow.fs.FileType.File and info.path.endswith(".parquet"))
 
     def records(self) -> dict[str, dict[str, Any]]:
         """The latest metadata row of every id: metadata.parquet, then the parts in the order they were written."""
-        files = [path for path in [self.root / METADATA_NAME, *self._parts()] if path.is_file()]
+        metadata = self.path(METADATA_NAME)
+        files = ([metadata] if exists(self.filesystem, metadata) else []) + self._parts()
         records: dict[str, dict[str, Any]] = {}
         for path in files:
             for row in self._read(path):
                 records[row["id"]] = row
         return records
 
-    def _read(self, path: Path) -> list[dict[str, Any]]:
+    def _read(self, path: str) -> list[dict[str, Any]]:
         """A metadata file's rows; none (recorded in `unreadable` and logged) when it cannot be read."""
         try:
-            return pq.read_table(path, schema=METADATA_SCHEMA).to_pylist()
+            return pq.read_table(path, schema=METADATA_SCHEMA, filesystem=self.filesystem).to_pylist()
         except (OSError, pa.ArrowException) as err:
             if path not in self.unreadable:
                 log.warning("skipping unreadable render metadata %s (its rows will be rendered again): %s", path, err)
@@ -119,19 +154,21 @@ class RenderStore:
 
     def done(self) -> frozenset[str]:
         """Ids whose metadata says "ok" and whose MP4 exists."""
+        selector = pyarrow.fs.FileSelector(self.path(VIDEOS_DIR), allow_not_found=True)
+        # one listing, not a request per id (an object store answers each in milliseconds)
+        videos = {info.path.rsplit("/", 1)[-1] for info in self.filesystem.get_file_info(selector)
+                  if info.type == pyarrow.fs.FileType.File}
         return frozenset(
-            item_id for item_id, row in self.records().items()
-            if row["status"] == "ok" and self.video_path(item_id).is_file()
+            item_id for item_id, row in self.records().items() if row["status"] == "ok" and f"{item_id}.mp4" in videos
         )
 
     def append(self, table: pa.Table) -> None:
         """Outcomes of this run as they arrive (a crash keeps them for the next run)."""
-        folder = self.root / PARTS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f"{time.time_ns():020d}.parquet"
-        temporary = part.with_suffix(".tmp")  # not a part until complete: a crash mid-write leaves no torn part
-        pq.write_table(table.cast(METADATA_SCHEMA), temporary)
-        os.replace(temporary, part)
+        self.filesystem.create_dir(self.path(PARTS_DIR), recursive=True)
+        name = f"{time.time_ns():020d}"
+        temporary = self.path(PARTS_DIR, f"{name}.tmp")  # not a part until complete: a crash leaves no torn part
+        pq.write_table(table.cast(METADATA_SCHEMA), temporary, filesystem=self.filesystem)
+        self.filesystem.move(temporary, self.path(PARTS_DIR, f"{name}.parquet"))
 
     def finish(self, ids: list[str]) -> pa.Table:
         """Merge everything into metadata.parquet (manifest order first, then ids of earlier manifests); called when
@@ -140,18 +177,20 @@ class RenderStore:
         order = [item_id for item_id in ids if item_id in records]
         order += sorted(set(records) - set(order))
         table = metadata_table([records[item_id] for item_id in order])
-        temporary = self.root / f".{METADATA_NAME}"
-        self.root.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, temporary)
+        temporary = self.path(f".{METADATA_NAME}")
+        self.filesystem.create_dir(self.root, recursive=True)
+        pq.write_table(table, temporary, filesystem=self.filesystem)
         self._set_aside_unreadable()
-        os.replace(temporary, self.root / METADATA_NAME)
-        shutil.rmtree(self.root / PARTS_DIR, ignore_errors=True)  # merged parts and temporary files of a crash
-        shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)  # no encoder runs now: leftovers of a crash
+        self.filesystem.move(temporary, self.path(METADATA_NAME))
+        # merged parts and temporary files of a crash; no encoder runs now, so .partial/ holds leftovers of a crash
+        for folder in (PARTS_DIR, PARTIAL_DIR):
+            if exists(self.filesystem, self.path(folder)):
+                self.filesystem.delete_dir(self.path(folder))
         return table
 
     def _set_aside_unreadable(self) -> None:
         """Move the unreadable metadata files into metadata.unreadable/ (kept for inspection, never read again)."""
         for path in self.unreadable:
-            if path.is_file():
-                (self.root / UNREADABLE_DIR).mkdir(exist_ok=True)
-                os.replace(path, self.root / UNREADABLE_DIR / path.name)
+            if exists(self.filesystem, path):
+                self.filesystem.create_dir(self.path(UNREADABLE_DIR), recursive=True)
+                self.filesystem.move(path, self.path(UNREADABLE_DIR, path.rsplit("/", 1)[-1]))

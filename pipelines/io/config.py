@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipelines.io.filesystem import resolve_uri
+
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 RESOLVED_CONFIG_NAME = "config.resolved.yaml"
 
@@ -46,11 +48,14 @@ def load_config(schema: type[ConfigT], path: str | Path, overrides: dict[str, An
     return validate_config(schema, {**data, **typed}, source=f"config {path}")
 
 
-def write_resolved_config(config: BaseModel, output_dir: Path) -> Path:
-    """Write the fully resolved config (defaults filled in) as `output_dir/config.resolved.yaml`."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / RESOLVED_CONFIG_NAME
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def write_resolved_config(config: BaseModel, output_dir: str | Path) -> str:
+    """Write the fully resolved config (defaults filled in) as `output_dir/config.resolved.yaml`; `output_dir` is a
+    local path or a pyarrow filesystem URI. Returns the file's path on its filesystem."""
+    filesystem, root = resolve_uri(str(output_dir))
+    filesystem.create_dir(root, recursive=True)
+    path = f"{root}/{RESOLVED_CONFIG_NAME}"
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
     return path
 
 

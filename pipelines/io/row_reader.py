@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs
@@ -24,12 +23,6 @@ class RowKey:
     clip_id: str
     path: str
     row: int
-
-
-def row_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The filesystem and root path of a row folder given as a local path or a pyarrow filesystem URI."""
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
-    return filesystem, root.rstrip("/")
 
 
 def keys_table(keys: list[RowKey]) -> pa.Table:

@@ -24,8 +24,8 @@ from models.backbones.base import Conditioning
 from models.noise_warp import WarpOperator
 from pipelines.io.arrow_arrays import list_column, tensor_column
 from pipelines.io.config import RESOLVED_CONFIG_NAME
+from pipelines.io.filesystem import resolve_uri
 from pipelines.io.operator_columns import OPERATOR_FIELDS, row_operator
-from pipelines.io.row_reader import row_filesystem
 
 if TYPE_CHECKING:
     from models.backbones import BackboneAdapter
@@ -174,7 +174,7 @@ class RowStore:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.filesystem, self.root = row_filesystem(uri)
+        self.filesystem, self.root = resolve_uri(uri)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])

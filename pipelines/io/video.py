@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+import pyarrow.fs
 
 # Accepted containers, as the FFmpeg demuxer names forced on them (mp4: FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2" demuxer,
 # matroska: "matroska,webm").
@@ -76,18 +77,24 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
         container.mux(stream.encode())
 
 
-def read_video(path: str | Path, field: str = "video") -> tuple[np.ndarray, float]:
-    """Every frame of a video file, uint8 RGB `[T, H, W, 3]`, and its frame rate; errors name `field`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{field}: video not found: {path}")
+def read_video(
+    path: str | Path, field: str = "video", filesystem: pyarrow.fs.FileSystem | None = None
+) -> tuple[np.ndarray, float]:
+    """Every frame of a video file, uint8 RGB `[T, H, W, 3]`, and its frame rate; errors name `field`. `path` is on
+    `filesystem` (a pyarrow filesystem, e.g. from `pipelines.io.filesystem.resolve_uri`) or, without one, local."""
+    name = str(path)
+    if filesystem is None:
+        filesystem, path = pyarrow.fs.LocalFileSystem(), Path(path).resolve()
+    path = str(path)
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        raise FileNotFoundError(f"{field}: video not found: {name}")
     try:
-        with path.open("rb") as file, open_video(file, field, str(path)) as container:
+        with filesystem.open_input_file(path) as file, open_video(file, field, name) as container:
             stream = container.streams.video[0]
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
     except (av.error.FFmpegError, IndexError) as err:
-        raise ValueError(f"{field}: {path} could not be decoded as a video: {err}") from None
+        raise ValueError(f"{field}: {name} could not be decoded as a video: {err}") from None
     if not frames:
-        raise ValueError(f"{field}: {path} holds no frames")
+        raise ValueError(f"{field}: {name} holds no frames")
     return np.stack(frames), fps

@@ -17,7 +17,8 @@ from typing import TypeVar
 import torch
 
 from models.backbones import BackboneAdapter
-from pipelines.io.row_reader import keys_table, read_rows, row_filesystem
+from pipelines.io.filesystem import resolve_uri
+from pipelines.io.row_reader import keys_table, read_rows
 from pipelines.io.training_rows import TrainingBatch, training_batch
 from pipelines.training.schedule import RowPlan, step_rows
 
@@ -75,7 +76,7 @@ def scheduled_batches(
 ) -> Iterator[list[TrainingBatch]]:
     """Worker `rank`'s micro-batches of each optimizer step in `steps`, grouped by step, on `device` (warp
     operators on the CPU, where the step's generator draws)."""
-    filesystem, _ = row_filesystem(plan.rows_uri)
+    filesystem, _ = resolve_uri(plan.rows_uri)
 
     def micro_batches() -> Iterator[TrainingBatch]:
         for step in steps:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from helpers import CONFIGS, hostile_files
 
 from models.body_model import load_body_model
@@ -21,6 +22,7 @@ from pipelines.generation.render_manifest import RenderJobConfig, read_render_ma
 from pipelines.generation.render_stages import EncodeStage, GenerateStage, PrepareStage, input_items, items_from_table
 from pipelines.generation.render_store import METADATA_NAME, METADATA_SCHEMA
 from pipelines.io.config import RESOLVED_CONFIG_NAME
+from pipelines.io.filesystem import resolve_uri
 from pipelines.io.manifest import ManifestError
 from pipelines.io.motion import load_motion, save_motion
 from pipelines.io.video import read_video, write_video
@@ -100,6 +102,31 @@ def test_broken_rows_are_recorded_and_a_rerun_resumes(ray_local, manifest, tmp_p
     assert {item_id: (out / "videos" / f"{item_id}.mp4").stat().st_mtime_ns for item_id in written} == written
     rows = {row["id"]: row for row in pq.read_table(out / METADATA_NAME).to_pylist()}
     assert rows["no_image"]["status"] == "ok" and rows["walk"]["status"] == "ok" and len(rows) == 6
+
+
+def test_an_output_dir_uri_holds_videos_metadata_and_resume(ray_local, manifest, tmp_path, monkeypatch) -> None:
+    """output_dir as a pyarrow filesystem URI (what s3:// or a shared file system is on a cluster): the encoders
+    write, and the driver reads back, through it; output_path is a URI any node reads; nothing lands in the cwd."""
+    rows = [{"id": "walk", "image": "person.png", "motion": "walk.npz", "num_frames": 9},
+            {"id": "no_image", "image": "missing.png", "motion": "walk.npz"}]
+    small = manifest.parent / "small.jsonl"
+    small.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"file://{tmp_path}/out"
+    config = job_config(small, uri)
+    assert render.run(config) == {"items": 2, "written": 1, "failed": 1, "skipped": 0}
+    out = tmp_path / "out"
+    metadata = {row["id"]: row for row in pq.read_table(out / METADATA_NAME).to_pylist()}
+    assert metadata["walk"]["output_path"] == f"{uri}/videos/walk.mp4"
+    filesystem, path = resolve_uri(metadata["walk"]["output_path"])
+    assert read_video(path, "walk", filesystem)[0].shape == (9, 32, 32, 3)
+    assert "image: file not found" in metadata["no_image"]["error"]
+    assert yaml.safe_load((out / RESOLVED_CONFIG_NAME).read_text())["output_dir"] == uri
+    assert json.loads((out / "summary.json").read_text())["written"] == 1
+    assert render.run(config) == {"items": 2, "written": 0, "failed": 1, "skipped": 1}  # resumed through the URI
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_manifest_errors_and_formats(tmp_path) -> None:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipelines.evaluation.feature_networks import FeatureNetwork, FeatureNetworkConfig, Lpips, LpipsConfig
-from pipelines.evaluation.job import EvaluateJobConfig
+from pipelines.evaluation.job import EvaluateJobConfig, PairEvaluator, pair_videos
 from pipelines.evaluation.metrics import (
     frechet_distance,
     gaussian_window,
@@ -199,3 +199,28 @@ def test_evaluate_job(ray_local, tmp_path) -> None:
     assert static[0].startswith("static") and float(static[1]) < 0.5 and static[-1] == "—"
     assert summary["static_metrics"]["silhouette_iou"] < 0.5
     assert summary["metrics"]["fid"] > 0 and summary["metrics"]["fvd"] is None and summary["infinite"] == ["psnr"]
+
+
+def test_pairs_are_read_through_filesystem_uris(tmp_path, monkeypatch) -> None:
+    """The render job's videos folder given as a URI (its output_dir on s3:// or a shared file system): pairs are
+    listed and read, backgrounds included, through the URI, not the working directory."""
+    moving = np.repeat(np.full((1, 32, 32, 3), 90, np.uint8), 9, axis=0)
+    for frame in range(9):
+        moving[frame, 10:20, 2 * frame : 2 * frame + 10] = 255
+    write_video(tmp_path / "render" / "videos" / "moving.mp4", moving, 8)
+    write_video(tmp_path / "render" / "videos" / "extra.mp4", moving, 8)
+    (tmp_path / "truth").mkdir()
+    shutil.copyfile(tmp_path / "render" / "videos" / "moving.mp4", tmp_path / "truth" / "moving.mp4")
+    PIL.Image.fromarray(moving[0, :1, :1].repeat(32, 0).repeat(32, 1)).save(tmp_path / "truth" / "moving.background.png")
+    monkeypatch.chdir(tmp_path / "truth")  # a relative "file:" folder would resolve here and hold nothing
+    generated, reference = f"file://{tmp_path}/render/videos", f"file://{tmp_path}/truth/"
+    config = EvaluateJobConfig(generated=generated, reference=reference, output_dir=tmp_path / "out")
+    pairs, unpaired = pair_videos(config.generated, config.reference)
+    assert pairs == [{"id": "moving", "generated_path": f"{generated}/moving.mp4",
+                      "reference_path": f"{reference.rstrip('/')}/moving.mp4"}]
+    assert unpaired == {"generated_only": ["extra"], "reference_only": []}
+    row = PairEvaluator(config).evaluate(pairs[0])
+    assert row["status"] == "ok", row["error"]
+    assert row["frames"] == 9 and row["psnr"] == math.inf and row["silhouette_iou"] == 1
+    with pytest.raises(FileNotFoundError, match="generated: folder not found"):
+        pair_videos(f"file://{tmp_path}/none", reference)

@@ -13,7 +13,8 @@ from helpers import ROOT, write_tiny_rows
 from models.body_model import load_body_model
 from models.motion_decoder import MotionDecoder
 from pipelines.io.config import load_config
-from pipelines.io.row_reader import RowKey, keys_table, read_rows, row_filesystem
+from pipelines.io.filesystem import resolve_uri
+from pipelines.io.row_reader import RowKey, keys_table, read_rows
 from pipelines.training.config import TrainJobConfig
 from pipelines.training.engine import deepspeed_settings, publish, step_generator
 from pipelines.training.schedule import plan_rows, step_rows
@@ -89,7 +90,7 @@ def test_rows_are_read_by_key_in_schedule_order_and_held_out_by_seed(tmp_path) -
     assert {key.clip_id for key in plan.train + plan.validation} == {"turn_000000", "walk_000000", "walk_000009"}
     assert plan_rows(config) == plan
     order = [plan.train[1], plan.validation[0], plan.train[0]]
-    filesystem = row_filesystem(plan.rows_uri)[0]
+    filesystem = resolve_uri(plan.rows_uri)[0]
     table = read_rows(filesystem, keys_table(order))
     assert table.column("clip_id").to_pylist() == [key.clip_id for key in order]
     walk = [key for key in order if key.clip_id.startswith("walk")]
