@@ -158,6 +158,37 @@ def test_validation_writes_a_video_per_held_out_row_with_metrics(reference) -> N
         assert len(videos) == 1 and videos[0].stat().st_size > 0
         assert 0 < metrics[step]["val_l1"] < 1 and np.isfinite(metrics[step]["val_psnr"])
         assert -1 <= metrics[step]["val_ssim"] <= 1
+        assert (metrics[step]["val_rows"], metrics[step]["val_rows_skipped"]) == (1, 0)
+        summary = json.loads((videos[0].parent / "summary.json").read_text())
+        assert [(row["clip_id"], row["rank"], row["status"]) for row in summary["rows"]] == [(videos[0].stem, 0, "done")]
+
+
+def test_two_workers_split_the_held_out_rows_and_a_validation_past_its_budget_skips_rows(
+    ray_local, tmp_path_factory
+) -> None:
+    """Three held-out rows on 2 workers: the first round (row 0 on worker 0, row 1 on worker 1) always runs, and
+    with a budget that any generation exceeds the second round (row 2) is skipped on both workers alike; training
+    goes on to the end."""
+    folder = tmp_path_factory.mktemp("train-split")
+    rows = write_tiny_rows(folder, load_body_model(detail=12), {"walk": 3, "turn": 2})
+    config = load_config(TrainJobConfig, CONFIG, {
+        "output_dir": folder / "out", "data": {"rows_dir": str(rows), "validation_rows": 3}, "max_steps": 8,
+        "checkpoint_every_steps": 8, "validation": {"every_steps": 4, "num_inference_steps": 8, "max_seconds": 1e-3},
+    })
+    summary = train.run(config)
+    assert summary["metrics"]["step"] == config.max_steps
+    assert (config.run_dir / "export" / LORA_FILE).is_file()
+    metrics = {row["step"]: row for row in read_metrics(config.run_dir)}
+    assert sorted(metrics) == list(range(1, config.max_steps + 1))
+    for step in (4, 8):
+        assert (metrics[step]["val_rows"], metrics[step]["val_rows_skipped"]) == (2, 1)
+        folder = config.run_dir / "validation" / f"step_{step:08d}"
+        rows = json.loads((folder / "summary.json").read_text())["rows"]
+        assert [(row["rank"], row["status"]) for row in rows] == [(0, "done"), (1, "done"), (0, "skipped")]
+        assert all(row["seconds"] > 0 and 0 < row["scores"]["l1"] < 1 for row in rows[:2])
+        assert rows[2]["seconds"] is None and rows[2]["scores"] == {}
+        assert sorted(path.stem for path in folder.glob("*.mp4")) == [row["clip_id"] for row in rows[:2]]
+        assert metrics[step]["val_l1"] == pytest.approx(np.mean([row["scores"]["l1"] for row in rows[:2]]))
 
 
 def _generate(pipeline: AnimationPipeline, body) -> np.ndarray:
