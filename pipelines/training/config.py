@@ -88,7 +88,8 @@ class PadaLNSettings(_Strict):
 
 
 class ValidationSettings(_Strict):
-    """Generation on the held-out rows every `every_steps` steps: an MP4 per row, L1/PSNR/SSIM to its latents."""
+    """Generation on the held-out rows every `every_steps` steps, split over the workers: an MP4 per row,
+    L1/PSNR/SSIM to its latents, rows past `max_seconds` skipped (pipelines/training/validation.py)."""
 
     every_steps: int | None = Field(None, gt=0, description="None turns validation off")
     num_inference_steps: int = Field(25, gt=0)
