@@ -9,7 +9,8 @@ of the step in a background thread (pipelines/training/row_stream.py) and runs t
 pipelines/training/engine.py. Checkpoints
 (DeepSpeed state, RNG, the export) go through `ray.train.report`; a failed worker group restarts from the
 latest one (FailureConfig), and so does a rerun of the job with the same run folder. The run folder also holds
-`metrics.jsonl`, `tensorboard/`, `validation/step_<n>/*.mp4` and, at the end, `export/` (written atomically).
+`metrics.jsonl`, `tensorboard/`, `validation/step_<n>/` (`*.mp4`, `summary.json`: done and skipped rows) and, at
+the end, `export/` (written atomically).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from typing import Any
 import ray
 import ray.train
 import torch
-from ray.train.torch import TorchTrainer, get_device
+from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from models.backbones import build_adapter
 from pipelines.io.config import load_config, write_resolved_config
 from pipelines.io.filesystem import resolve_uri
 from pipelines.io.row_reader import keys_table, read_rows
-from pipelines.training.config import TrainJobConfig
+from pipelines.training.config import COLLECTIVE_TIMEOUT_S, TrainJobConfig
 from pipelines.training.engine import (
     EXPORT_DIR,
     TrainState,
@@ -40,6 +41,7 @@ from pipelines.training.engine import (
     build_modules,
     eval_mode,
     final_export,
+    from_workers,
     load_checkpoint,
     optimizer_step,
     peak_memory_mb,
@@ -110,7 +112,8 @@ def train_worker(settings: dict[str, Any]) -> None:
 
     zero3 = engine.zero_optimization_stage() == 3
     validation = config.validation
-    validating = validation.every_steps is not None and bool(plan.validation) and (rank == 0 or zero3)
+    # Every worker validates its share of the held-out rows (pipelines/training/validation.py).
+    validating = validation.every_steps is not None and bool(plan.validation)
     held_out = read_rows(resolve_uri(plan.rows_uri)[0], keys_table(list(plan.validation))) if validating else None
     sinks = MetricSinks(config.logging, config.run_dir, config.run_name, settings["config"]) if rank == 0 else None
     per_epoch = steps_per_epoch(len(plan.train), config.batch_size)
@@ -132,9 +135,16 @@ def train_worker(settings: dict[str, Any]) -> None:
                 peak_memory_mb=max(memory), **{f"peak_memory_mb_rank{index}": value for index, value in enumerate(memory)},
             )
             if validating and step % validation.every_steps == 0:
-                folder = config.run_dir / VALIDATION_DIR / f"step_{step:08d}" if rank == 0 else None
+                folder = config.run_dir / VALIDATION_DIR / f"step_{step:08d}"
                 with eval_mode(engine):
-                    metrics.update(validate(pipeline, held_out, validation, config.loss, folder))
+                    report = validate(pipeline, held_out, validation, config.loss, folder, rank, world_size,
+                                      from_workers, pad=zero3)
+                metrics.update(report.metrics())
+                if rank == 0:
+                    report.write(folder, validation.max_seconds)
+                    if metrics["val_rows_skipped"]:
+                        log.warning("validation at step %d: %d rows skipped after %.0f s (validation.max_seconds)",
+                                    step, metrics["val_rows_skipped"], report.seconds)
             if sinks is not None and (step % config.logging.every_steps == 0 or step == config.max_steps):
                 sinks.log(metrics, step)
             _report(engine, state, metrics, config, rank)
@@ -160,6 +170,7 @@ def run(config: TrainJobConfig) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "plan": plan},
+        torch_config=TorchConfig(timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker_resources
         ),

@@ -19,6 +19,17 @@ from models.paths import PROJECT_ROOT, ProjectPath, ProjectUri, project_path
 
 BACKBONE_CONFIGS = PROJECT_ROOT / "configs" / "backbones"
 
+# Seconds a worker may wait in one collective (NCCL/gloo) before the job fails and restarts from its last
+# checkpoint: Ray Train's TorchConfig default, passed explicitly by ray_jobs/train.py.
+COLLECTIVE_TIMEOUT_S = 1800
+
+# Validation's default time bound. Workers validate in rounds of one row each, so a worker waits in a collective at
+# most one row's spread, and training stalls at most max_seconds plus one round. CogVideoX-5B-I2V at 49x480x720,
+# 50 steps with CFG, is about 90 s a video on an H100: 8 rows on 8 GPUs are one round (90 s; it was 8 x 90 = 720 s
+# on rank 0 while 7 ranks waited in a collective), on 2 GPUs four rounds (360 s); whatever the rows, a validation
+# ends within 600 + 90 = 690 s, under 40% of the 1800 s collective timeout even for a worker that waited it all.
+VALIDATION_MAX_SECONDS = 600.0
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -70,7 +81,8 @@ class PadaLNSettings(_Strict):
 
 
 class ValidationSettings(_Strict):
-    """Generation on the held-out rows every `every_steps` steps: an MP4 per row, L1/PSNR/SSIM to its latents."""
+    """Generation on the held-out rows every `every_steps` steps, split over the workers: an MP4 per row,
+    L1/PSNR/SSIM to its latents, rows past `max_seconds` skipped (pipelines/training/validation.py)."""
 
     every_steps: int | None = Field(None, gt=0, description="None turns validation off")
     num_inference_steps: int = Field(25, gt=0)
@@ -78,6 +90,10 @@ class ValidationSettings(_Strict):
     gamma: float = Field(0.5, ge=0.0, le=1.0, description="articulated-noise degradation")
     seed: int = 0
     fps: float = Field(8.0, gt=0, description="frame rate of the MP4s")
+    max_seconds: float = Field(
+        VALIDATION_MAX_SECONDS, gt=0, description="after this many seconds (the slowest worker's) no new round of "
+        "rows starts: the rest are skipped and recorded as skipped; a started round finishes",
+    )
 
 
 class MlflowSettings(_Strict):

@@ -212,14 +212,19 @@ def mean_over_workers(values: list[float]) -> list[float]:
     return (tensor / dist.get_world_size()).tolist()
 
 
+def from_workers(values: list[float]) -> list[list[float]]:
+    """`values` (the same count on every worker) from every worker, by rank."""
+    if not dist.is_initialized():
+        return [values]
+    device = _collective_device()
+    gathered = [torch.zeros(len(values), dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, torch.tensor(values, dtype=torch.float64, device=device))
+    return [tensor.tolist() for tensor in gathered]
+
+
 def per_worker(value: float) -> list[float]:
     """`value` from every worker, by rank."""
-    if not dist.is_initialized():
-        return [value]
-    device = _collective_device()
-    gathered = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, torch.tensor([value], dtype=torch.float64, device=device))
-    return [float(tensor) for tensor in gathered]
+    return [values[0] for values in from_workers([value])]
 
 
 def optimizer_step(engine: Any, batches: list[TrainingBatch], config: TrainJobConfig, step: int, rank: int

@@ -3,6 +3,8 @@ PadaLN and the motion decoder, on three training rows (two to overfit, one held 
 
 One uninterrupted run is the reference: its loss falls, it logs and validates, and its export reloads into the
 animation pipeline. A second run loses a worker after a step and must resume and end with the same weights.
+Runs on five rows (three held out) check that the workers split validation, under ZeRO-2 and ZeRO-3, and that a
+validation past its time budget skips rows without stopping training.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def tensorboard_scalars(folder: Path, tag: str) -> dict[int, float]:
 def rows_dir(tmp_path_factory) -> Path:
     """walk (two clips) and turn (one clip), 9 frames at 32x32, as the preprocessing stages write them."""
     return write_tiny_rows(tmp_path_factory.mktemp("train-rows"), load_body_model(detail=12), {"walk": 2, "turn": 1})
+
+
+@pytest.fixture(scope="module")
+def five_rows_dir(tmp_path_factory) -> Path:
+    """walk (three clips) and turn (two clips): three to hold out for validation, two to train on."""
+    return write_tiny_rows(tmp_path_factory.mktemp("train-rows-5"), load_body_model(detail=12), {"walk": 3, "turn": 2})
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +166,54 @@ def test_validation_writes_a_video_per_held_out_row_with_metrics(reference) -> N
         assert len(videos) == 1 and videos[0].stat().st_size > 0
         assert 0 < metrics[step]["val_l1"] < 1 and np.isfinite(metrics[step]["val_psnr"])
         assert -1 <= metrics[step]["val_ssim"] <= 1
+        assert (metrics[step]["val_rows"], metrics[step]["val_rows_skipped"]) == (1, 0)
+        summary = json.loads((videos[0].parent / "summary.json").read_text())
+        assert [(row["clip_id"], row["rank"], row["status"]) for row in summary["rows"]] == [(videos[0].stem, 0, "done")]
 
+
+def test_two_workers_split_the_held_out_rows_and_a_validation_past_its_budget_skips_rows(
+    ray_local, five_rows_dir, tmp_path
+) -> None:
+    """Three held-out rows on 2 workers: the first round (row 0 on worker 0, row 1 on worker 1) always runs, and
+    with a budget that any generation exceeds the second round (row 2) is skipped on both workers alike; training
+    goes on to the end."""
+    config = load_config(TrainJobConfig, CONFIG, {
+        "output_dir": tmp_path, "data": {"rows_dir": str(five_rows_dir), "validation_rows": 3}, "max_steps": 8,
+        "checkpoint_every_steps": 8, "validation": {"every_steps": 4, "num_inference_steps": 8, "max_seconds": 1e-3},
+    })
+    summary = train.run(config)
+    assert summary["metrics"]["step"] == config.max_steps
+    assert (config.run_dir / "export" / LORA_FILE).is_file()
+    metrics = {row["step"]: row for row in read_metrics(config.run_dir)}
+    assert sorted(metrics) == list(range(1, config.max_steps + 1))
+    for step in (4, 8):
+        assert (metrics[step]["val_rows"], metrics[step]["val_rows_skipped"]) == (2, 1)
+        folder = config.run_dir / "validation" / f"step_{step:08d}"
+        rows = json.loads((folder / "summary.json").read_text())["rows"]
+        assert [(row["rank"], row["status"]) for row in rows] == [(0, "done"), (1, "done"), (0, "skipped")]
+        assert all(row["seconds"] > 0 and 0 < row["scores"]["l1"] < 1 for row in rows[:2])
+        assert rows[2]["seconds"] is None and rows[2]["scores"] == {}
+        assert sorted(path.stem for path in folder.glob("*.mp4")) == [row["clip_id"] for row in rows[:2]]
+        assert metrics[step]["val_l1"] == pytest.approx(np.mean([row["scores"]["l1"] for row in rows[:2]]))
+
+
+def test_under_zero3_two_workers_generate_different_rows_and_pad_the_last_round(
+    ray_local, five_rows_dir, tmp_path
+) -> None:
+    """ZeRO-3 shards the transformer, so each denoising forward is collective: worker 1 runs a discarded padding
+    row while worker 0 generates row 2 (without it the two workers' collectives would no longer match)."""
+    config = load_config(TrainJobConfig, CONFIG, {
+        "output_dir": tmp_path, "data": {"rows_dir": str(five_rows_dir), "validation_rows": 3}, "max_steps": 2,
+        "checkpoint_every_steps": 2, "deepspeed": str(ROOT / "configs" / "deepspeed" / "zero3.json"),
+        "validation": {"every_steps": 2, "num_inference_steps": 3},
+    })
+    assert train.run(config)["metrics"]["step"] == 2
+    folder = config.run_dir / "validation" / "step_00000002"
+    rows = json.loads((folder / "summary.json").read_text())["rows"]
+    assert [(row["rank"], row["status"]) for row in rows] == [(0, "done"), (1, "done"), (0, "done")]
+    assert sorted(path.stem for path in folder.glob("*.mp4")) == [row["clip_id"] for row in rows]
+    # Different rows, so different videos and scores: the workers did not all render the same one.
+    assert len({row["scores"]["l1"] for row in rows}) == 3
 
 def _generate(pipeline: AnimationPipeline, body) -> np.ndarray:
     motion = make_demo_motion("walk", 9)
