@@ -129,6 +129,18 @@ class TinySettings(BaseModel):
     )
 
 
+class StepCacheSettings(BaseModel):
+    """Step caching at generation (diffusers' First Block Cache, after ParaAttention's "first block cache"): each
+    step runs the first DiT block, and when its output residual changed by less than `threshold` (mean absolute
+    difference relative to the previous step's) the other blocks are skipped and their cached residual reused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["first_block"] = "first_block"
+    threshold: float = Field(gt=0, le=1, description="relative change of the first block's residual below which "
+                             "a step reuses the cache; higher is faster and less exact")
+
+
 class BackboneConfig(BaseModel):
     """Which backbone to build and how to run it."""
 
@@ -156,6 +168,8 @@ class BackboneConfig(BaseModel):
         True, description="generation starts from a motion's articulated noise unless told otherwise; false for a "
         "transformer trained on i.i.d. noise only (e.g. the toy's PadaLN variant)"
     )
+    cache: StepCacheSettings | None = Field(None, description="step caching at generation; None: every step "
+                                            "runs every block (the default until measured on your model)")
 
     @field_validator("variant", mode="before")
     @classmethod

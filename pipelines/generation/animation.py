@@ -47,6 +47,7 @@ from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import held_frames, pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
 from pipelines.generation.photo import fit_mask, prepare_photo
+from pipelines.generation.step_cache import call_site, enable_step_cache, reset_step_cache
 from pipelines.io.motion import load_motion
 from pipelines.io.video import read_video, write_video
 
@@ -126,6 +127,7 @@ class AnimationPipeline:
         """`noise_options` are `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames)."""
         self.adapter = adapter
         self.padaln = None if padaln is None else padaln.attach(adapter)
+        enable_step_cache(adapter.transformer, adapter.config.cache)
         self._body = body
         self.noise_options = dict(noise_options or {})
 
@@ -290,17 +292,26 @@ class AnimationPipeline:
 
     def _predict(
         self, latents: torch.Tensor, t: torch.Tensor, conditioning: Conditioning, guidance_scale: float,
-        pose_latents: torch.Tensor | None,
+        pose_latents: torch.Tensor | None, site: str = "window0",
     ) -> torch.Tensor:
-        """The model output for one window, with classifier-free guidance when `guidance_scale` > 1."""
+        """The model output for one window, with classifier-free guidance when `guidance_scale` > 1. `site` names
+        the window for step caching (each window and guidance branch keeps its own cache)."""
         pose = contextlib.nullcontext() if pose_latents is None else self.padaln.pose(pose_latents)
+        transformer = self.adapter.transformer
         with pose:
             if guidance_scale <= 1:
-                return self.adapter.predict(latents, t, conditioning).float()
+                with call_site(transformer, site):
+                    return self.adapter.predict(latents, t, conditioning).float()
             if self.adapter.guidance_in_one_batch:
-                uncond, cond = self.adapter.predict(torch.cat([latents, latents]), t, conditioning).float().chunk(2)
+                with call_site(transformer, f"{site}/guided"):
+                    both = self.adapter.predict(torch.cat([latents, latents]), t, conditioning).float()
+                uncond, cond = both.chunk(2)
             else:
-                uncond, cond = [self.adapter.predict(latents, t, half).float() for half in conditioning.chunk(2)]
+                halves = []
+                for branch, half in zip(("uncond", "cond"), conditioning.chunk(2)):
+                    with call_site(transformer, f"{site}/{branch}"):
+                        halves.append(self.adapter.predict(latents, t, half).float())
+                uncond, cond = halves
         return uncond + guidance_scale * (cond - uncond)
 
     def _conditioning(
@@ -481,12 +492,13 @@ class AnimationPipeline:
                 window_conditioning = replace(
                     conditioning, image_latents=self.adapter.with_first_frame(conditioning.image_latents, first)
                 )
-            output = self._predict(x, t, window_conditioning, guidance_scale, pose_latents[index])
+            output = self._predict(x, t, window_conditioning, guidance_scale, pose_latents[index], f"window{index}")
             if tracking:
                 clean[:, window.start : window.stop] = self.adapter.split_prediction(x, output, t)[0]
                 estimated[window.start : window.stop] = True
             return output
 
+        reset_step_cache(self.adapter.transformer)  # a cached residual of the last video is no estimate of this one
         latents = denoise_windows(
             noise, windows, sampling_scheduler(self.adapter), num_inference_steps, predict, on_step
         )

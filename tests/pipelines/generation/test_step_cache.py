@@ -1,0 +1,81 @@
+"""Step caching (diffusers' First Block Cache) in the animation pipeline, on the tiny random CogVideoX and Wan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import CONFIGS
+
+from models.backbones import BackboneConfig, build_adapter, load_backbone_config
+from models.backbones.config import StepCacheSettings
+from models.body_model import load_body_model
+from pipelines.demo.motions import make_demo_motion
+from pipelines.generation.animation import AnimationPipeline
+from pipelines.io.config import ConfigError, validate_config
+
+
+@pytest.fixture(scope="module")
+def body():
+    return load_body_model()
+
+
+def pipeline_with(name: str, body, cache: dict | None) -> tuple[AnimationPipeline, list[int]]:
+    """The tiny backbone's pipeline (same seeded weights every time) and a list counting the runs of its last
+    DiT block (its norm1: a cached step calls the block, whose hook returns without running it)."""
+    config = load_backbone_config(CONFIGS / f"{name}.yaml").model_copy(
+        update={"cache": None if cache is None else StepCacheSettings(**cache)}
+    )
+    pipeline = AnimationPipeline(build_adapter(config), body=body, noise_options={"texture_size": 32})
+    calls = []
+    pipeline.adapter.blocks[-1].norm1.register_forward_hook(lambda *_: calls.append(1))
+    return pipeline, calls
+
+
+def generate(pipeline: AnimationPipeline, **options) -> np.ndarray:
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    settings = {"num_frames": 9, "num_inference_steps": 8, "guidance_scale": 3.0, "seed": 0, **options}
+    return pipeline(image, "a person walking", make_demo_motion("walk", 81), **settings).frames
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-wan"])
+def test_a_cache_that_never_hits_is_bitwise_off_and_one_that_hits_skips_blocks(body, name) -> None:
+    off, off_calls = pipeline_with(name, body, None)
+    reference = generate(off)
+    assert len(off_calls) == 8 * (1 if off.adapter.guidance_in_one_batch else 2)
+
+    never, never_calls = pipeline_with(name, body, {"threshold": 1e-9})  # every step runs every block
+    assert np.array_equal(generate(never), reference) and len(never_calls) == len(off_calls)
+
+    cached, cached_calls = pipeline_with(name, body, {"threshold": 1.0})
+    video = generate(cached)
+    assert len(cached_calls) < len(off_calls)  # steps were skipped...
+    assert psnr(video, reference) > 20  # ...and the output stays close (random weights: a loose bound)
+    first_run = len(cached_calls)
+    again = generate(cached)  # the cache is emptied between videos: the same video, the same blocks run
+    assert np.array_equal(again, video) and len(cached_calls) == 2 * first_run
+
+
+def test_long_videos_keep_one_cache_per_window(body) -> None:
+    cached, calls = pipeline_with("tiny-cogvideox", body, {"threshold": 0.3})
+    video = generate(cached, num_frames=25, num_inference_steps=4)  # 9-frame windows: 3 latent frames, blended
+    assert video.shape == (25, 32, 32, 3)
+    off, off_calls = pipeline_with("tiny-cogvideox", body, None)
+    generate(off, num_frames=25, num_inference_steps=4)
+    assert 0 < len(calls) <= len(off_calls)
+
+
+@pytest.mark.parametrize(("cache", "message"), [
+    ({"kind": "teacache", "threshold": 0.1}, "cache.kind"),
+    ({"threshold": 0}, "cache.threshold"),
+    ({"threshold": 2}, "cache.threshold"),
+    ({"kind": "first_block"}, "cache.threshold"),
+])
+def test_bad_cache_settings_name_the_field(cache, message) -> None:
+    config = {"family": "cogvideox", "variant": "1.0", "tiny": {}, "cache": cache}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(BackboneConfig, config)
