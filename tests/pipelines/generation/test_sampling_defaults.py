@@ -44,7 +44,8 @@ def test_pipeline_and_cli_take_the_familys_defaults(name, monkeypatch, tmp_path)
     save_motion(tmp_path / "walk.npz", motion)
     with pytest.raises(Sampled) as sampled:
         main(["generate", "--image", str(tmp_path / "person.png"), "--motion", str(tmp_path / "walk.npz"),
-              "--backbone", str(CONFIGS / f"{name}.yaml"), "--no-articulated-noise", "--out", str(tmp_path / "o.mp4")])
+              "--backbone", str(CONFIGS / f"{name}.yaml"), "--no-articulated-noise", "--no-retarget",
+              "--out", str(tmp_path / "o.mp4")])
     assert sampled.value.args == FAMILY_DEFAULTS[name]
 
 
