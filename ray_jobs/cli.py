@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
@@ -183,25 +184,71 @@ def _quiet_demo_logs() -> None:
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    """Animate a reference image with a motion and/or a pose video; writes an MP4."""
-    from models.body_model import load_body_model
-    from pipelines.generation.animation import AnimationPipeline
-    from pipelines.generation.photo import photo_options, prepare_photo, read_image
+def _photo_inputs(args: argparse.Namespace, retarget: bool, how_to_skip: str) -> tuple[Any, Any]:
+    """The photo options of the command line, and the keypoint estimator to run on the photo: the --keypoints file,
+    else --detector, else (retargeting) MediaPipe; an estimator that cannot be built is an error saying how to get
+    one and `how_to_skip`."""
+    from pipelines.generation.photo import photo_options
+    from pipelines.generation.photo_retarget import KeypointsFile, retarget_estimator
 
     detector = None if args.detector is None else {"keypoint_backend": args.detector, "dwpose_model": args.dwpose_model}
     options = photo_options({"fit": args.fit, "background": args.background, "margin": args.margin,
                              "detector": detector})
+    if args.keypoints is not None:
+        return options, KeypointsFile(args.keypoints)
+    return options, retarget_estimator(options, how_to_skip) if retarget else None
+
+
+def cmd_motion_retarget(args: argparse.Namespace) -> None:
+    """Retarget a motion onto the person in a photo: their shape, placement and camera, the motion's root trajectory
+    relative to its start; --lead-in N blends from the photo's pose into the motion's first pose."""
+    from models.body_model import load_body_model
+    from pipelines.generation.photo import prepare_photo, read_image, upright
+    from pipelines.generation.photo_retarget import fit_summary, retarget_to_photo
+    from pipelines.io.motion import load_motion, save_motion
+
+    if (args.height is None) != (args.width is None):
+        raise ValueError("--height and --width: give both (the output size the photo is fitted to) or neither")
+    image = read_image(args.image)
+    size = (args.height, args.width) if args.height else upright(image)[0].size[::-1]
+    options, estimator = _photo_inputs(args, True, "or pass the photo's keypoints with --keypoints FILE")
+    photo = prepare_photo(image, size, options, estimator, detect=True)
+    motion = load_motion(args.motion)
+    retargeted, fit = retarget_to_photo(photo, motion, load_body_model(args.smpl_model, args.smpl_uv), args.lead_in)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_motion(args.out, retargeted)
+    print(json.dumps({"out": str(args.out), "frames": retargeted.num_frames, "image_size": list(retargeted.image_size),
+                      "photo": photo.intake.model_dump(), "retarget": fit_summary(fit, args.lead_in)}))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Animate a reference image with a motion and/or a pose video; writes an MP4. The motion is retargeted onto the
+    photo's person first unless --no-retarget."""
+    from models.body_model import load_body_model
+    from pipelines.generation.animation import AnimationPipeline
+    from pipelines.generation.photo import prepare_photo, read_image
+    from pipelines.generation.photo_retarget import fit_summary, retarget_to_photo
+    from pipelines.io.motion import load_motion
+
+    retarget = args.retarget and args.motion is not None  # a pose video alone is 2D skeletons: nothing to retarget
+    options, estimator = _photo_inputs(
+        args, retarget, "or pass the photo's keypoints with --keypoints FILE, or --no-retarget to drive the motion "
+        "as it is")
     image = read_image(args.image)
     body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None
     pipeline = AnimationPipeline.from_config(
         args.backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body
     )
-    photo = prepare_photo(image, pipeline.adapter.resolution, options)
+    photo = prepare_photo(image, pipeline.adapter.resolution, options, estimator, detect=retarget)
+    motion = args.motion
+    summary = {"applied": False, "reason": "--no-retarget" if args.motion else "no motion (a pose video is used as it is)"}
+    if retarget:
+        motion, fit = retarget_to_photo(photo, load_motion(args.motion), body or load_body_model(), args.lead_in)
+        summary = {"applied": True, **fit_summary(fit, args.lead_in)}
     output = pipeline(
         photo.pixels,
         args.prompt,
-        motion=args.motion,
+        motion=motion,
         pose_video=args.pose_video,
         negative_prompt=args.negative_prompt,
         num_frames=args.frames,
@@ -218,7 +265,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     frames, height, width, _ = output.frames.shape
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps,
-                      "photo": photo.intake.model_dump()}))
+                      "photo": photo.intake.model_dump(), "retarget": summary}))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -278,6 +325,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run_config_file(args.config)
 
 
+def _add_photo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Photo intake and keypoint options, shared by generate and motion retarget."""
+    parser.add_argument("--fit", choices=("crop", "centre", "pad"), default="crop",
+                        help="crop around the person (default), centre crop, or pad (letterbox) to the output")
+    parser.add_argument("--background", default="255,255,255",
+                        help="'r,g,b' or '#rrggbb' under transparency and in pad bands (default white)")
+    parser.add_argument("--margin", type=float,
+                        help="crop to the person's extent plus this times its longer side (default: largest box)")
+    parser.add_argument("--detector", choices=("dwpose", "mediapipe"),
+                        help="keypoint estimator that finds the person (default: mediapipe when retargeting, else none)")
+    parser.add_argument("--dwpose-model", type=Path, help="DWPose's ONNX file for --detector dwpose")
+    parser.add_argument("--keypoints", type=Path,
+                        help="the photo's COCO-17 keypoints from a file instead of an estimator: .npy [1,17,3], or "
+                        ".json/.npz with keypoints2d (and image_size [H,W] if marked on another size), upright pixels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="humanim", description="Human image animation on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     motion_demo.add_argument("--out", type=Path, required=True, help="folder for the .npz files")
     motion_demo.add_argument("--frames", type=int, default=161)
     motion_demo.set_defaults(func=cmd_motion_demo)
+    retarget = motion_commands.add_parser("retarget", help=cmd_motion_retarget.__doc__)
+    retarget.add_argument("--image", type=Path, required=True, help="the photo of the person")
+    retarget.add_argument("--motion", type=Path, required=True, help="motion file (.npz or .json)")
+    retarget.add_argument("--out", type=Path, required=True, help="the retargeted motion (.npz or .json)")
+    retarget.add_argument("--lead-in", type=int, default=0,
+                          help="frames first that blend from the photo's fitted pose into the motion's first pose")
+    retarget.add_argument("--height", type=int, help="output height the photo is fitted to (default: the photo's)")
+    retarget.add_argument("--width", type=int, help="output width the photo is fitted to (default: the photo's)")
+    _add_photo_arguments(retarget)
+    retarget.add_argument("--smpl-model", type=Path, help="SMPL model .npz (default: generated template)")
+    retarget.add_argument("--smpl-uv", type=Path, help="UV layout (.obj/.npz) for a real SMPL model")
+    retarget.set_defaults(func=cmd_motion_retarget)
 
     preprocess = commands.add_parser("preprocess", help=cmd_preprocess.__doc__)
     preprocess.add_argument("--config", type=Path, required=True)
@@ -353,15 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help=cmd_generate.__doc__)
     generate.add_argument("--image", type=Path, required=True,
                           help="reference photo (any size; EXIF orientation applied, transparency flattened)")
-    generate.add_argument("--fit", choices=("crop", "centre", "pad"), default="crop",
-                          help="crop around the person (default), centre crop, or pad (letterbox) to the output")
-    generate.add_argument("--background", default="255,255,255",
-                          help="'r,g,b' or '#rrggbb' under transparency and in pad bands (default white)")
-    generate.add_argument("--margin", type=float,
-                          help="crop to the person's extent plus this times its longer side (default: largest box)")
-    generate.add_argument("--detector", choices=("dwpose", "mediapipe"),
-                          help="keypoint estimator that locates the person for --fit crop (default: none)")
-    generate.add_argument("--dwpose-model", type=Path, help="DWPose's ONNX file for --detector dwpose")
+    _add_photo_arguments(generate)
+    generate.add_argument("--retarget", action=argparse.BooleanOptionalAction, default=True,
+                          help="retarget the motion onto the photo's person (default; needs a keypoint estimator or "
+                          "--keypoints): their shape, placement and camera")
+    generate.add_argument("--lead-in", type=int, default=0,
+                          help="retargeting: frames that blend from the photo's pose into the motion's first pose")
     generate.add_argument("--motion", type=Path, help="motion file (.npz or .json)")
     generate.add_argument("--pose-video", type=Path, help="driving skeleton video (used with --padaln)")
     generate.add_argument("--mask", type=Path, help="region mask for the image (grayscale; white is kept, black is "

@@ -321,23 +321,27 @@ def prepare_photo(
     size: tuple[int, int],
     options: PhotoOptions | None = None,
     estimator: KeypointEstimator | None = None,
+    *,
+    detect: bool = False,
 ) -> Photo:
     """The photo at `size` (H, W) by the rules in the module docstring; `estimator` overrides `options.detector`
-    (pass one built once with `photo_detector` when many photos go through)."""
+    (pass one built once with `photo_detector` when many photos go through). The estimator runs for `fit: crop`, and
+    with `detect` for every fit (retargeting needs the person's keypoints; they do not move a centre or pad box)."""
     options = options or PhotoOptions()
     orientation = 1
     if isinstance(image, PIL.Image.Image):
         image, orientation = upright(image)
     rgb, alpha = flattened(image, options.background)
-    if estimator is None and options.fit == "crop":
+    wanted = detect or options.fit == "crop"
+    if estimator is None and wanted:
         estimator = photo_detector(options)
-    keypoints = None
+    keypoints = None if estimator is None or not wanted else detect_keypoints(rgb, estimator)
     if options.fit == "pad":
         pixels, box = _pad(rgb, size, options.background)
-        method, note = "pad", "fit: pad: the whole photo, letterboxed; no person detector ran"
+        placed = "no person detector ran" if keypoints is None else "the detected keypoints do not move the box"
+        method, note = "pad", f"fit: pad: the whole photo, letterboxed; {placed}"
     else:
-        keypoints = None if estimator is None or options.fit == "centre" else detect_keypoints(rgb, estimator)
-        box, method, note = crop_box(rgb, alpha, size, options, keypoints)
+        box, method, note = crop_box(rgb, alpha, size, options, keypoints if options.fit == "crop" else None)
         pixels = _crop(rgb, box, size)
     intake = PhotoIntake(
         fit=options.fit, method=method, x0=box.x0, y0=box.y0, width=box.width, height=box.height,

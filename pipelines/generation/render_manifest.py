@@ -6,6 +6,8 @@ Manifest (Parquet, JSONL or CSV), one row per video; relative paths are relative
     image       required: the reference photo (any size, mode and EXIF orientation; see pipelines/generation/photo.py)
     fit, background    optional per row: how the photo is fitted (crop, centre, pad) and its background colour
                        ([r, g, b], "r,g,b" or "#rrggbb"); an empty cell takes the config's `photo:`
+    retarget, lead_in  optional per row: retarget the motion onto the photo's person (pipelines/generation/retarget.py)
+                       and its lead-in frames; an empty cell takes the config's `defaults:`
     motion      a motion file (.npz/.json) and/or
     pose_video  a skeleton video (drives the video through PadaLN, so it needs `padaln` unless a motion is given)
     mask        optional: a grayscale region mask for the image (DynamiCtrl's region control: the image is kept
@@ -62,6 +64,11 @@ class RenderDefaults(BaseModel):
     )
     long_video: Literal["blend", "chain"] = "blend"
     window_overlap: int | None = Field(None, ge=1, description="latent frames shared by windows (blend)")
+    retarget: bool = Field(
+        True, description="retarget each row's motion onto its photo's person (needs a keypoint estimator: "
+        "photo.detector, else MediaPipe in the prepare stage's runtime_env); false: the motion as it is"
+    )
+    lead_in: int = Field(0, ge=0, description="retargeting: frames that blend from the photo's pose into the motion's")
 
 
 class RenderResources(BaseModel):
@@ -135,6 +142,8 @@ class RenderRow(BaseModel):
     seed: int | None = None
     fit: Fit | None = None
     background: tuple[int, int, int] | str | None = None
+    retarget: bool | None = None
+    lead_in: int | None = Field(None, ge=0)
 
 
 # The manifest

@@ -33,9 +33,11 @@ from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import pose_video_pixels
-from pipelines.generation.photo import PhotoIntake, fit_mask, photo_detector, photo_options, prepare_photo, read_image
+from pipelines.generation.photo import Photo, PhotoIntake, fit_mask, photo_detector, photo_options, prepare_photo, read_image
+from pipelines.generation.photo_retarget import fit_summary, retarget_estimator, retarget_to_photo
 from pipelines.generation.render_manifest import RenderJobConfig, RenderRow
 from pipelines.generation.render_store import RenderStore, metadata_table
+from pipelines.generation.retarget import RetargetError
 from pipelines.io.arrow_arrays import pack_state, unpack_state
 from pipelines.io.config import validate_config
 from pipelines.io.failures import describe_error
@@ -131,6 +133,10 @@ class _Stage:
 # Stages
 
 
+SKIP_RETARGET = ("or set a row's retarget (or the config's defaults.retarget) to false to drive its motion as it is; "
+                 "photo.detector picks the estimator, resources.prepare.runtime_env installs it")
+
+
 class PrepareStage(_Stage):
     """CPU: the row checked and merged with the defaults; image, motion and pose video decoded at the output size."""
 
@@ -154,12 +160,15 @@ class PrepareStage(_Stage):
         self.noise_options = {**config.noise, "spatial_factor": backbone.spatial_factor}
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
         self.detector = photo_detector(config.photo)  # built once: a missing backend stops the stage at start
+        if self.detector is None and config.defaults.retarget:
+            self.detector = retarget_estimator(config.photo, SKIP_RETARGET)
 
-    def photo(self, row: RenderRow) -> tuple[np.ndarray, PhotoIntake]:
-        """The row's photo at the output size and its intake record."""
+    def photo(self, row: RenderRow, retarget: bool) -> Photo:
+        """The row's photo at the output size, its intake record and (to retarget) the person's keypoints."""
         options = photo_options({"fit": row.fit, "background": row.background}, self.config.photo)
-        photo = prepare_photo(read_image(row.image), self.size, options, self.detector)
-        return photo.pixels, photo.intake
+        if retarget and self.detector is None:
+            raise RetargetError(f"retarget: this job has no keypoint estimator (defaults.retarget is false); {SKIP_RETARGET}")
+        return prepare_photo(read_image(row.image), self.size, options, self.detector, detect=retarget)
 
     def settings(self, row: RenderRow) -> dict[str, Any]:
         defaults = self.config.defaults
@@ -194,7 +203,10 @@ class PrepareStage(_Stage):
     def process(self, item: RenderItem) -> None:
         row = validate_config(RenderRow, item.settings, source=f"manifest row {item.id!r}")
         settings = self.settings(row)
-        image, intake = self.photo(row)
+        defaults = self.config.defaults
+        retarget = (defaults.retarget if row.retarget is None else row.retarget) and row.motion is not None
+        photo = self.photo(row, retarget)
+        image, intake = photo.pixels, photo.intake
         settings["photo"] = intake.model_dump()
         state = {"image": image}
         if row.mask is not None:
@@ -203,6 +215,10 @@ class PrepareStage(_Stage):
         motion = None
         if row.motion is not None:
             motion = load_motion(row.motion)
+            if retarget:
+                lead_in = defaults.lead_in if row.lead_in is None else row.lead_in
+                motion, fit = retarget_to_photo(photo, motion, self.body, lead_in)
+                settings["retarget"] = fit_summary(fit, lead_in)
             state.update({f"motion.{key}": value for key, value in motion.to_arrays().items()})
             available.append(motion.num_frames)
             settings["fps"] = motion.fps

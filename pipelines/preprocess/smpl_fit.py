@@ -39,8 +39,9 @@ REFERENCE_SIDE = 1000.0  # residuals are measured in pixels of an image whose lo
 # SMPL body points (24 joints, then the face points) that stay put relative to the pelvis in most
 # poses: they decide the initial orientation.
 _TORSO_POINTS = frozenset((0, 1, 2, 3, 6, 9, 12, 13, 14, 15, 16, 17, 24, 25, 26, 27, 28))
-# Segments (pairs of SMPL joints) whose 2D length gives the depth by similar triangles.
-_DEPTH_SEGMENTS = ((16, 1), (17, 2), (1, 4), (2, 5), (4, 7), (5, 8), (16, 18), (17, 19), (18, 20), (19, 21))
+# Segments (pairs of SMPL joints) whose 2D length gives the depth by similar triangles (the shoulders' width alone
+# places a head-and-shoulders photo).
+_DEPTH_SEGMENTS = ((16, 1), (17, 2), (16, 17), (1, 4), (2, 5), (4, 7), (5, 8), (16, 18), (17, 19), (18, 20), (19, 21))
 _DEPTH_SEGMENTS_USED = 3  # median of this many least foreshortened segments per frame
 _L_HIP, _R_HIP, _L_SHOULDER, _R_SHOULDER = 1, 2, 16, 17
 # body_pose rows (SMPL joint - 1) and the hinge axes of the limb joints.

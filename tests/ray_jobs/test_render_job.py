@@ -67,7 +67,7 @@ def manifest(tmp_path):
 def job_config(manifest, output_dir) -> RenderJobConfig:
     return RenderJobConfig(
         manifest=manifest, output_dir=output_dir, backbone=CONFIGS / "tiny-cogvideox.yaml",
-        noise={"texture_size": 32, "supersample": 2}, defaults={"steps": 1, "guidance": 1.0}, resources=RESOURCES,
+        noise={"texture_size": 32, "supersample": 2}, defaults={"steps": 1, "guidance": 1.0, "retarget": False}, resources=RESOURCES,
     )
 
 

@@ -232,7 +232,8 @@ def test_generate_command_writes_the_requested_frames(tmp_path, body, image, cap
     motion_path = tmp_path / "walk.npz"
     save_motion(motion_path, make_demo_motion("walk", 33))
     PIL.Image.fromarray(image).save(tmp_path / "person.png")
-    common = ["generate", "--image", str(tmp_path / "person.png"), "--prompt", "a person walking", "--steps", "1"]
+    common = ["generate", "--image", str(tmp_path / "person.png"), "--prompt", "a person walking", "--steps", "1",
+              "--no-retarget"]
     main([*common, "--motion", str(motion_path), "--frames", "25", "--out", str(tmp_path / "out.mp4")])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 25
@@ -257,7 +258,7 @@ def test_generate_command_writes_the_requested_frames(tmp_path, body, image, cap
 
     PIL.Image.new("RGBA", (32, 32)).save(tmp_path / "alpha.png")
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--image", str(tmp_path / "alpha.png"), "--motion", str(motion_path),
+        main(["generate", "--image", str(tmp_path / "alpha.png"), "--motion", str(motion_path), "--no-retarget",
               "--out", str(tmp_path / "x.mp4")])
     assert exit_info.value.code == 2
     assert "image: the photo is fully transparent" in capsys.readouterr().err
@@ -273,7 +274,7 @@ def landscape_backbone(tmp_path_factory):
 
 
 def photo_report(capsys, *argv: str) -> dict:
-    main(["generate", "--prompt", "a person", "--steps", "1", "--frames", "9", *argv])
+    main(["generate", "--prompt", "a person", "--steps", "1", "--frames", "9", "--no-retarget", *argv])
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 

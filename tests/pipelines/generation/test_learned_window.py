@@ -108,7 +108,7 @@ def test_render_job_builds_the_operator_for_the_window(backbone_yaml, tmp_path):
     PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "person.png")
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
     config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out", backbone=backbone_yaml,
-                             noise={"texture_size": 32, "supersample": 2}, defaults={"steps": 1, "guidance": 1.0})
+                             noise={"texture_size": 32, "supersample": 2}, defaults={"steps": 1, "guidance": 1.0, "retarget": False})
     row = {"id": "walk", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz")}
     prepared = PrepareStage(config)(pa.concat_tables(input_items([row])))
     item = items_from_table(prepared)[0]
@@ -146,7 +146,7 @@ def test_cli_and_http_api_run_whole_windows(backbone_yaml, tmp_path, no_sincos):
     motion = make_demo_motion("walk", 9)
     save_motion(tmp_path / "walk.npz", motion)
     main(["generate", "--image", str(tmp_path / "person.png"), "--motion", str(tmp_path / "walk.npz"), "--steps", "1",
-          "--backbone", str(backbone_yaml), "--out", str(tmp_path / "cli.mp4")])
+          "--backbone", str(backbone_yaml), "--no-retarget", "--out", str(tmp_path / "cli.mp4")])
     assert read_video(tmp_path / "cli.mp4")[0].shape == (9, 32, 32, 3)
 
     config = ServeConfig.model_validate({

@@ -82,7 +82,8 @@ def test_generate_command_takes_a_mask(tmp_path, capsys, outputs):
     png(BLANKED, tmp_path / "blanked.png")
     png(MASK, tmp_path / "mask.png")
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
-    common = ["generate", "--motion", str(tmp_path / "walk.npz"), "--steps", "1", "--seed", "0", "--prompt", ""]
+    common = ["generate", "--motion", str(tmp_path / "walk.npz"), "--steps", "1", "--seed", "0", "--prompt", "",
+              "--no-retarget"]
     main([*common, "--image", str(tmp_path / "person.png"), "--mask", str(tmp_path / "mask.png"),
           "--out", str(tmp_path / "masked.mp4")])
     main([*common, "--image", str(tmp_path / "blanked.png"), "--out", str(tmp_path / "blanked.mp4")])
@@ -103,7 +104,7 @@ def test_render_manifest_mask_column(tmp_path):
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
     config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out",
                              backbone=CONFIGS / "tiny-cogvideox.yaml", noise={"texture_size": 32},
-                             defaults={"steps": 1, "guidance": 2.0})
+                             defaults={"steps": 1, "guidance": 2.0, "retarget": False})
     row = {"image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz"), "prompt": ""}
     rows = [{**row, "id": "masked", "mask": str(tmp_path / "mask.png")},
             {**row, "id": "blanked", "image": str(tmp_path / "blanked.png")},

@@ -44,7 +44,8 @@ def test_pipeline_and_cli_take_the_familys_defaults(name, monkeypatch, tmp_path)
     save_motion(tmp_path / "walk.npz", motion)
     with pytest.raises(Sampled) as sampled:
         main(["generate", "--image", str(tmp_path / "person.png"), "--motion", str(tmp_path / "walk.npz"),
-              "--backbone", str(CONFIGS / f"{name}.yaml"), "--no-articulated-noise", "--out", str(tmp_path / "o.mp4")])
+              "--backbone", str(CONFIGS / f"{name}.yaml"), "--no-articulated-noise", "--no-retarget",
+              "--out", str(tmp_path / "o.mp4")])
     assert sampled.value.args == FAMILY_DEFAULTS[name]
 
 
@@ -53,7 +54,7 @@ def test_render_rows_without_steps_or_guidance_take_the_familys(name, tmp_path):
     PIL.Image.new("RGB", (32, 32)).save(tmp_path / "person.png")
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
     config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out",
-                             backbone=CONFIGS / f"{name}.yaml", defaults={"articulated_noise": False})
+                             backbone=CONFIGS / f"{name}.yaml", defaults={"articulated_noise": False, "retarget": False})
     rows = [{"id": "a", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz")},
             {"id": "b", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz"), "steps": 3,
              "guidance": 1.5}]
@@ -74,7 +75,7 @@ def test_a_backbone_config_sets_its_own_sampling_defaults(monkeypatch, tmp_path)
     PIL.Image.new("RGB", (32, 32)).save(tmp_path / "person.png")
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
     config = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out", backbone=tmp_path / "own.yaml",
-                             defaults={"articulated_noise": False})
+                             defaults={"articulated_noise": False, "retarget": False})
     row = {"id": "a", "image": str(tmp_path / "person.png"), "motion": str(tmp_path / "walk.npz")}
     [item] = items_from_table(PrepareStage(config)(pa.concat_tables(input_items([row]))))
     assert (item.settings["steps"], item.settings["guidance"]) == (7, 1.0)
