@@ -221,9 +221,24 @@ def cmd_motion_retarget(args: argparse.Namespace) -> None:
                       "photo": photo.intake.model_dump(), "retarget": fit_summary(fit, args.lead_in)}))
 
 
+def _cache_option(text: str) -> Any:
+    """`--cache`: "off", or KIND:THRESHOLD (a `StepCacheSettings`)."""
+    from models.backbones.config import StepCacheSettings
+
+    if text == "off":
+        return text
+    kind, _, threshold = text.rpartition(":")
+    try:
+        return StepCacheSettings(kind=kind or "first_block", threshold=float(threshold))
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise argparse.ArgumentTypeError(f"--cache: expected first_block:THRESHOLD in (0, 1] or off, got {text!r} "
+                                         f"({str(err).splitlines()[-1].strip()})") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     """Animate a reference image with a motion and/or a pose video; writes an MP4. The motion is retargeted onto the
     photo's person first unless --no-retarget."""
+    from models.backbones import load_backbone_config
     from models.body_model import load_body_model
     from pipelines.generation.animation import AnimationPipeline
     from pipelines.generation.photo import prepare_photo, read_image
@@ -236,8 +251,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "as it is")
     image = read_image(args.image)
     body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None
+    backbone = load_backbone_config(args.backbone)
+    if args.cache is not None:
+        backbone = backbone.model_copy(update={"cache": None if args.cache == "off" else args.cache})
     pipeline = AnimationPipeline.from_config(
-        args.backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body
+        backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body
     )
     photo = prepare_photo(image, pipeline.adapter.resolution, options, estimator, detect=retarget)
     motion = args.motion
@@ -453,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--gamma", type=float, default=0.5, help="articulated-noise degradation in [0, 1]")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")
+    generate.add_argument("--cache", type=_cache_option, metavar="first_block:THRESHOLD|off",
+                          help="step caching (default: the backbone config's), e.g. first_block:0.1")
     generate.add_argument("--padaln", type=Path, help="folder with padaln.safetensors: pose control through PadaLN")
     generate.add_argument("--lora", type=Path, help="folder with pytorch_lora_weights.safetensors")
     generate.add_argument("--long-video", choices=("blend", "chain"), default="blend",

@@ -23,9 +23,8 @@ import numpy as np
 import PIL.Image
 from pydantic import ValidationError
 
-from models.backbones import VariantSpec, load_backbone_config, sampling_defaults
+from models.backbones import VariantSpec, sampling_defaults
 from models.motion import Motion, MotionError
-from models.paths import project_path
 from pipelines.generation.frames import pose_video_pixels
 from pipelines.generation.long_video import plan_windows
 from pipelines.generation.photo import PhotoOptions, fit_mask, photo_options, prepare_photo
@@ -61,7 +60,7 @@ class BackboneInfo:
 
     @classmethod
     def load(cls, name: str, entry: BackboneEntry) -> BackboneInfo:
-        config = load_backbone_config(project_path(entry.config))
+        config = entry.backbone_config()
         spec = config.spec
         resolution = config.resolution or spec.default_resolution
         return cls(name, resolution, config.num_frames or spec.default_num_frames, spec, *sampling_defaults(config),

@@ -127,7 +127,7 @@ class GenerationWorker:
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             pipeline = AnimationPipeline.from_config(
-                project_path(entry.config),
+                entry.backbone_config(),
                 lora=None if entry.lora is None else project_path(entry.lora),
                 padaln=None if entry.padaln is None else project_path(entry.padaln),
                 device=device,

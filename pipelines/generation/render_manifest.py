@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.backbones.config import StepCacheSettings
 from models.paths import ProjectPath, ProjectUri
 from pipelines.articulated_noise import BodyConfig
 from pipelines.generation.photo import Fit, PhotoOptions
@@ -93,6 +94,9 @@ class RenderJobConfig(BaseModel):
     backbone: ProjectPath = Field(description="a backbone YAML (configs/backbones/)")
     lora: ProjectPath | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
     padaln: ProjectPath | None = Field(None, description="folder with PadaLN weights: pose control")
+    cache: StepCacheSettings | None = Field(
+        None, description="step caching, e.g. {kind: first_block, threshold: 0.1}; unset: the backbone config's"
+    )
     body: BodyConfig = BodyConfig()
     noise: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig options (texture_size, ...)")
     defaults: RenderDefaults = RenderDefaults()
@@ -113,9 +117,11 @@ class RenderJobConfig(BaseModel):
         return self
 
     def backbone_config(self) -> BackboneConfig:
+        """The backbone YAML's config, with this job's step cache when it sets one."""
         from models.backbones import load_backbone_config
 
-        return load_backbone_config(self.backbone)
+        backbone = load_backbone_config(self.backbone)
+        return backbone if self.cache is None else backbone.model_copy(update={"cache": self.cache})
 
     def resolution(self) -> tuple[int, int]:
         """(H, W) of the generated videos, from the backbone config alone (no weights loaded)."""

@@ -33,7 +33,15 @@ from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import pose_video_pixels
-from pipelines.generation.photo import Photo, PhotoIntake, fit_mask, photo_detector, photo_options, prepare_photo, read_image
+from pipelines.generation.photo import (
+    Photo,
+    PhotoIntake,
+    fit_mask,
+    photo_detector,
+    photo_options,
+    prepare_photo,
+    read_image,
+)
 from pipelines.generation.photo_retarget import fit_summary, retarget_estimator, retarget_to_photo
 from pipelines.generation.render_manifest import RenderJobConfig, RenderRow
 from pipelines.generation.render_store import RenderStore, metadata_table
@@ -252,7 +260,7 @@ class GenerateStage(_Stage):
         self.config = config
         body = load_body_model(config.body.model_path, config.body.uv_path)
         self.pipeline = AnimationPipeline.from_config(
-            config.backbone, lora=config.lora, padaln=config.padaln, device=device, body=body,
+            config.backbone_config(), lora=config.lora, padaln=config.padaln, device=device, body=body,
             noise_options=config.noise,
         )
 

@@ -127,7 +127,7 @@ def test_a_submitted_job_finds_its_weights_and_writes_where_its_config_says(head
     render = {
         "manifest": str(inputs / "manifest.jsonl"), "output_dir": str(tmp_path / "shared" / "renders"),
         "backbone": str(backbone), "noise": {"texture_size": 32, "supersample": 2},
-        "defaults": {"steps": 1, "guidance": 1.0},
+        "defaults": {"steps": 1, "guidance": 1.0, "retarget": False},  # the job has no keypoint estimator
         "resources": RESOURCES,
     }
     config = tmp_path / "render.yaml"

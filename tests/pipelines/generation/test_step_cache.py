@@ -11,7 +11,10 @@ from models.backbones.config import StepCacheSettings
 from models.body_model import load_body_model
 from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.animation import AnimationPipeline
+from pipelines.generation.render_manifest import RenderJobConfig
 from pipelines.io.config import ConfigError, validate_config
+from ray_jobs.cli import _cache_option, main
+from serve.config import BackboneEntry
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,17 @@ def test_bad_cache_settings_name_the_field(cache, message) -> None:
     config = {"family": "cogvideox", "variant": "1.0", "tiny": {}, "cache": cache}
     with pytest.raises(ConfigError, match=message):
         validate_config(BackboneConfig, config)
+
+
+def test_the_cache_is_an_option_of_generate_render_and_serve(tmp_path, capsys) -> None:
+    settings = StepCacheSettings(threshold=0.1)
+    assert _cache_option("first_block:0.1") == settings and _cache_option("off") == "off"
+    with pytest.raises(SystemExit):
+        main(["generate", "--image", "x.png", "--out", "x.mp4", "--cache", "first_block:2"])
+    assert "--cache: expected first_block:THRESHOLD" in capsys.readouterr().err
+
+    tiny = CONFIGS / "tiny-cogvideox.yaml"
+    render = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path, backbone=tiny, cache={"threshold": 0.1})
+    assert render.backbone_config().cache == settings
+    assert BackboneEntry(config=tiny, cache={"threshold": 0.1}).backbone_config().cache == settings
+    assert BackboneEntry(config=tiny).backbone_config().cache is None
