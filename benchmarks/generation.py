@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from full_size_configs import COGVIDEOX_5B_I2V  # next to this script
 
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
 from models.body_model import load_body_model
@@ -35,35 +36,6 @@ from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.long_video import plan_windows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
-
-# transformer/config.json of THUDM/CogVideoX-5b-I2V.
-COGVIDEOX_5B_I2V = {
-    "activation_fn": "gelu-approximate",
-    "attention_bias": True,
-    "attention_head_dim": 64,
-    "dropout": 0.0,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 32,
-    "max_text_seq_length": 226,
-    "norm_elementwise_affine": True,
-    "norm_eps": 1e-5,
-    "num_attention_heads": 48,
-    "num_layers": 42,
-    "out_channels": 16,
-    "patch_size": 2,
-    "sample_frames": 49,
-    "sample_height": 60,
-    "sample_width": 90,
-    "spatial_interpolation_scale": 1.875,
-    "temporal_compression_ratio": 4,
-    "temporal_interpolation_scale": 1.0,
-    "text_embed_dim": 4096,
-    "time_embed_dim": 512,
-    "timestep_activation_fn": "silu",
-    "use_learned_positional_embeddings": True,
-    "use_rotary_positional_embeddings": True,
-}
 
 
 def timed_generation(pipeline: AnimationPipeline, image: np.ndarray, motion, frames: int, steps: int,

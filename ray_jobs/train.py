@@ -29,7 +29,6 @@ import ray.train
 import torch
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
-from models.backbones import build_adapter
 from pipelines.io.config import load_config, write_resolved_config
 from pipelines.io.filesystem import resolve_uri
 from pipelines.io.row_reader import keys_table, read_rows
@@ -39,6 +38,7 @@ from pipelines.training.engine import (
     TrainState,
     build_engine,
     build_modules,
+    build_training_adapter,
     eval_mode,
     final_export,
     from_workers,
@@ -101,7 +101,7 @@ def train_worker(settings: dict[str, Any]) -> None:
     else:
         device = torch.device("cpu")
         torch.set_num_threads(config.resources.torch_threads)
-    pipeline, modules = build_modules(config, build_adapter(config.backbone_config(), device))
+    pipeline, modules = build_modules(config, build_training_adapter(config, plan, device))
     engine = build_engine(modules, config)
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()

@@ -7,7 +7,7 @@ Inside the project latents are `[B, F_lat, C, h, w]` (CogVideoX order) and pixel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +21,15 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .config import VARIANTS, BackboneConfig, generated_num_frames
+
+# The components that hold weights; the tokenizer, scheduler and image processor always come along.
+MODEL_COMPONENTS = ("transformer", "vae", "text_encoder", "image_encoder")
+# What preprocessing encodes with (videos, images, captions): everything but the transformer.
+ENCODING_COMPONENTS = frozenset({"vae", "text_encoder", "image_encoder"})
+
+
+class ComponentNotLoadedError(RuntimeError):
+    """A method needs a pipeline component this adapter was built without (or has dropped)."""
 
 
 @dataclass
@@ -65,6 +74,22 @@ def _load_transformer(model_class: type, config: BackboneConfig) -> nn.Module:
     return model_class.from_pretrained(folder, torch_dtype=config.torch_dtype, local_files_only=True)
 
 
+def meta_model(model_class: type, config: dict[str, Any]) -> nn.Module:
+    """`model_class` built from a config dict on the meta device: its full config and parameter count, no memory."""
+    with torch.device("meta"):
+        return model_class.from_config(config)
+
+
+def _wanted_components(family_components: Sequence[str], components: Collection[str] | None) -> tuple[str, ...]:
+    """The family's model components among `components` (None: all of them); a name no family has is an error."""
+    if components is None:
+        return tuple(family_components)
+    unknown = sorted(set(components) - set(MODEL_COMPONENTS))
+    if unknown:
+        raise ValueError(f"components: unknown {unknown}; choose from {list(MODEL_COMPONENTS)}")
+    return tuple(name for name in family_components if name in components)
+
+
 class BackboneAdapter(ABC):
     """One backbone family: its latent layout, frame rule, conditioning, noise schedule and LoRA targets."""
 
@@ -83,8 +108,18 @@ class BackboneAdapter(ABC):
     default_guidance_scale: ClassVar[float]
     # Components kept in float32 whatever the configured dtype.
     float32_components: ClassVar[tuple[str, ...]] = ()
+    # The family's components with weights (of MODEL_COMPONENTS) and its transformer class.
+    model_components: ClassVar[tuple[str, ...]] = ("transformer", "vae", "text_encoder")
+    transformer_class: ClassVar[type[nn.Module]]
 
-    def __init__(self, pipeline: DiffusionPipeline, config: BackboneConfig, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        pipeline: DiffusionPipeline,
+        config: BackboneConfig,
+        device: str | torch.device = "cpu",
+        transformer_config: Any = None,
+    ):
+        """`transformer_config` (the transformer's `.config`) is needed only when the pipeline has no transformer."""
         if config.family != self.family:
             raise ValueError(f"family: {type(self).__name__} builds {self.family!r} backbones, got {config.family!r}")
         self.config = config
@@ -93,6 +128,17 @@ class BackboneAdapter(ABC):
         for component in pipeline.components.values():
             if isinstance(component, nn.Module):
                 component.eval()
+        if pipeline.transformer is None and transformer_config is None:
+            raise ValueError("transformer_config: a pipeline without its transformer needs the transformer's config")
+        self._transformer_config = transformer_config
+        loaded = [name for name in self.model_components if getattr(pipeline, name, None) is not None]
+        self._absent: dict[str, str] = {
+            name: f"this adapter was built with components {loaded}"
+            for name in self.model_components if name not in loaded
+        }
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        if getattr(pipeline, "vae", None) is not None:
+            self._configure_vae(pipeline.vae)
         fixed = self.fixed_resolution
         if fixed is not None and config.resolution not in (None, fixed):
             raise ValueError(
@@ -111,22 +157,48 @@ class BackboneAdapter(ABC):
     # Construction
 
     @classmethod
-    def from_config(cls, config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
-        """Load `config.path`, or build the seeded tiny random model when `config.tiny` is set."""
+    def from_config(
+        cls,
+        config: BackboneConfig,
+        device: str | torch.device = "cpu",
+        components: Collection[str] | None = None,
+    ) -> BackboneAdapter:
+        """Load `config.path`, or build the seeded tiny random model when `config.tiny` is set. `components` names
+        the model components to load (of `MODEL_COMPONENTS`; None: all): a stage that never runs the transformer
+        (preprocessing) or the text encoder (training on stored text embeddings) leaves it out and never holds it."""
+        wanted = _wanted_components(cls.model_components, components)
+        transformer_config = None
         if config.tiny is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.tiny.seed)
-                components = cls._tiny_components(config)
-            for name, component in components.items():
+                # All of them: the seeded weights of each must not depend on which others are built.
+                built = cls._tiny_components(config)
+            built_transformer = built["transformer"]
+            built = {name: None if name in cls.model_components and name not in wanted else component
+                     for name, component in built.items()}
+            for name, component in built.items():
                 dtype = torch.float32 if name in cls.float32_components else config.torch_dtype
                 if isinstance(component, nn.Module) and component.dtype != dtype:
                     component.to(dtype)
+            if "transformer" not in wanted:
+                transformer_config = built_transformer.config
         else:
-            cls.check_folder(config.path, config.variant)
-            components = cls._load_components(Path(config.path), config)
+            cls.check_folder(config.path, config.variant, wanted)
+            built = cls._load_components(Path(config.path), config, wanted)
+            if "transformer" not in wanted:
+                folder = Path(config.transformer or Path(config.path) / "transformer")
+                transformer_config = meta_model(
+                    cls.transformer_class, cls.transformer_class.load_config(folder, local_files_only=True)
+                ).config
         if config.transformer is not None:
-            components["transformer"] = _load_transformer(type(components["transformer"]), config)
-        return cls(cls.pipeline_class(**components), config, device)
+            if "transformer" in wanted:
+                built["transformer"] = _load_transformer(cls.transformer_class, config)
+            else:
+                transformer_config = meta_model(
+                    cls.transformer_class, cls.transformer_class.load_config(config.transformer, local_files_only=True)
+                ).config
+        built = {name: built.get(name) for name in (*built, *cls.model_components)}
+        return cls(cls.pipeline_class(**built), config, device, transformer_config)
 
     @classmethod
     def from_pretrained(
@@ -145,13 +217,16 @@ class BackboneAdapter(ABC):
         return cls.from_config(config, device=device)
 
     @classmethod
-    def check_folder(cls, folder: str | Path, variant: str) -> None:
-        """Raise FileNotFoundError listing every required file missing from `folder`, and what belongs there."""
+    def check_folder(cls, folder: str | Path, variant: str, components: Collection[str] | None = None) -> None:
+        """Raise FileNotFoundError listing every required file missing from `folder`, and what belongs there; with
+        `components`, only the files those model components (and the transformer's config) need."""
         folder = Path(folder)
+        skipped = {name for name in cls.model_components if components is not None and name not in components}
         missing = [
             f"  {pattern.replace('|', ' or ')}  ({what})"
             for pattern, what in cls.required_files.items()
-            if not any(any(folder.glob(p)) for p in pattern.split("|"))
+            if not (pattern.split("/")[0] in skipped and pattern != "transformer/config.json")
+            and not any(any(folder.glob(p)) for p in pattern.split("|"))
         ]
         if not missing:
             return
@@ -164,8 +239,9 @@ class BackboneAdapter(ABC):
 
     @classmethod
     @abstractmethod
-    def _load_components(cls, folder: Path, config: BackboneConfig) -> dict[str, Any]:
-        """The pipeline components, loaded from `folder` with `local_files_only=True`."""
+    def _load_components(cls, folder: Path, config: BackboneConfig, wanted: Collection[str]) -> dict[str, Any]:
+        """The pipeline components, loaded from `folder` with `local_files_only=True`: the model components in
+        `wanted` and the ones without weights."""
 
     @classmethod
     @abstractmethod
@@ -178,13 +254,50 @@ class BackboneAdapter(ABC):
 
     # Components
 
+    def component(self, name: str, needed_by: str | None = None) -> Any:
+        """The pipeline's `name` component; a clear error when this adapter was built without it or dropped it."""
+        module = getattr(self.pipeline, name, None)
+        if module is None:
+            use = f" {needed_by} needs it, but" if needed_by else ""
+            raise ComponentNotLoadedError(
+                f"{name}:{use} this {self.spec.name} adapter has no {name} ({self._absent.get(name, 'not loaded')}); "
+                f"build it with `components` including {name!r} (build_adapter(config, device, components=...))"
+            )
+        return module
+
+    def drop_component(self, name: str, reason: str) -> None:
+        """Free a model component this adapter's user will not need; `reason` goes into the error of any later use."""
+        self.component(name)
+        setattr(self.pipeline, name, None)
+        self._absent[name] = f"dropped: {reason}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def drop_text_encoder(self, keep_prompts: Sequence[str] = (), reason: str = "text embeddings are given") -> None:
+        """Free the text encoder, first embedding `keep_prompts` (e.g. '' for guidance), which `encode_prompt` still
+        answers from then on."""
+        for prompt in keep_prompts:
+            self._prompt_cache[prompt] = self.encode_prompt([prompt])[0]
+        self.drop_component("text_encoder", reason)
+
+    @property
+    def loaded_components(self) -> list[str]:
+        """The model components this adapter holds."""
+        return [name for name in self.model_components if getattr(self.pipeline, name, None) is not None]
+
     @property
     def transformer(self) -> nn.Module:
-        return self.pipeline.transformer
+        return self.component("transformer")
+
+    @property
+    def transformer_config(self) -> Any:
+        """The transformer's config, also when the transformer itself is not loaded."""
+        transformer = self.pipeline.transformer
+        return self._transformer_config if transformer is None else transformer.config
 
     @property
     def vae(self) -> nn.Module:
-        return self.pipeline.vae
+        return self.component("vae")
 
     @property
     def scheduler(self) -> Any:
@@ -193,11 +306,21 @@ class BackboneAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        """Where the transformer is, else the first loaded component."""
+        return next(getattr(self.pipeline, name).device for name in self.loaded_components)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        """The transformer's dtype (the configured one when it is not loaded): what conditioning is cast to."""
+        transformer = self.pipeline.transformer
+        return self.config.torch_dtype if transformer is None else transformer.dtype
+
+    def _configure_vae(self, vae: nn.Module) -> None:
+        """diffusers' tiled and sliced VAE encode/decode, as the config asks (bounded activation memory)."""
+        if self.config.use_vae_tiling:
+            vae.enable_tiling()
+        if self.config.use_vae_slicing:
+            vae.enable_slicing()
 
     # Frames and latents
 
@@ -211,7 +334,7 @@ class BackboneAdapter(ABC):
 
     @property
     def latent_channels(self) -> int:
-        return self.transformer.config.out_channels
+        return self.transformer_config.out_channels
 
     @property
     def fixed_resolution(self) -> tuple[int, int] | None:
@@ -285,6 +408,9 @@ class BackboneAdapter(ABC):
         self, prompt: str | list[str], negative_prompt: str | list[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt embeddings, and negative ones when `negative_prompt` is given ('' is the empty prompt)."""
+        if self.pipeline.text_encoder is None and self._prompt_cache:
+            return self._cached_prompt_embeds(prompt), self._cached_prompt_embeds(negative_prompt)
+        self.component("text_encoder", "encode_prompt")
         return self.pipeline.encode_prompt(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -293,6 +419,16 @@ class BackboneAdapter(ABC):
             device=self.device,
             dtype=self.dtype,
         )
+
+    def _cached_prompt_embeds(self, prompt: str | list[str] | None) -> torch.Tensor | None:
+        """Embeddings kept by `drop_text_encoder`; any other prompt needs the dropped text encoder."""
+        if prompt is None:
+            return None
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        for text in prompts:
+            if text not in self._prompt_cache:
+                self.component("text_encoder", f"encode_prompt({text!r}) (kept: {sorted(self._prompt_cache)})")
+        return torch.cat([self._prompt_cache[text] for text in prompts])
 
     def encode_conditioning(
         self,
@@ -384,7 +520,7 @@ class BackboneAdapter(ABC):
 
     @property
     def hidden_size(self) -> int:
-        return self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
+        return self.transformer_config.num_attention_heads * self.transformer_config.attention_head_dim
 
     @property
     @abstractmethod
@@ -394,7 +530,7 @@ class BackboneAdapter(ABC):
     @property
     def patch_embed_channels(self) -> int:
         """Input channels of the patch embedding (noisy latents plus image conditioning)."""
-        return self.transformer.config.in_channels
+        return self.transformer_config.in_channels
 
     @abstractmethod
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,17 @@ class CogVideoXAdapter(BackboneAdapter):
         "tokenizer/spiece.model|tokenizer/tokenizer.json": "the T5 tokenizer",
         "scheduler/scheduler_config.json": "the scheduler config",
     }
+    transformer_class = CogVideoXTransformer3DModel
 
     def __init__(
-        self, pipeline: CogVideoXImageToVideoPipeline, config: BackboneConfig, device: str | torch.device = "cpu"
+        self,
+        pipeline: CogVideoXImageToVideoPipeline,
+        config: BackboneConfig,
+        device: str | torch.device = "cpu",
+        transformer_config: Any = None,
     ):
-        super().__init__(pipeline, config, device)
-        patch_size_t = self.transformer.config.patch_size_t
+        super().__init__(pipeline, config, device, transformer_config)
+        patch_size_t = self.transformer_config.patch_size_t
         if (patch_size_t is None) != (config.variant == "1.0"):
             raise ValueError(
                 f"variant: the transformer has patch_size_t={patch_size_t}, which is CogVideoX "
@@ -94,19 +99,22 @@ class CogVideoXAdapter(BackboneAdapter):
         self.train_scheduler = CogVideoXDDIMScheduler.from_config(self.scheduler.config)
 
     @classmethod
-    def _load_components(cls, folder: Path, config: BackboneConfig) -> dict[str, Any]:
+    def _load_components(cls, folder: Path, config: BackboneConfig, wanted: Collection[str]) -> dict[str, Any]:
         dtype = config.torch_dtype
         scheduler_config = CogVideoXDDIMScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)
-        return {
-            "transformer": CogVideoXTransformer3DModel.from_pretrained(
+        loaders = {
+            "transformer": lambda: CogVideoXTransformer3DModel.from_pretrained(
                 folder, subfolder="transformer", torch_dtype=dtype, local_files_only=True
             ),
-            "vae": AutoencoderKLCogVideoX.from_pretrained(
+            "vae": lambda: AutoencoderKLCogVideoX.from_pretrained(
                 folder, subfolder="vae", torch_dtype=dtype, local_files_only=True
             ),
-            "text_encoder": T5EncoderModel.from_pretrained(
+            "text_encoder": lambda: T5EncoderModel.from_pretrained(
                 folder / "text_encoder", dtype=dtype, local_files_only=True
             ),
+        }
+        return {
+            **{name: load() for name, load in loaders.items() if name in wanted},
             "tokenizer": AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
             "scheduler": _SCHEDULERS[config.scheduler or "ddim"].from_config(scheduler_config),
         }
@@ -162,7 +170,7 @@ class CogVideoXAdapter(BackboneAdapter):
 
     @property
     def fixed_num_frames(self) -> int | None:
-        return self._learned_num_frames(self.transformer.config)
+        return self._learned_num_frames(self.transformer_config)
 
     @classmethod
     def config_fixed_num_frames(cls, config: BackboneConfig) -> int | None:
@@ -175,14 +183,14 @@ class CogVideoXAdapter(BackboneAdapter):
 
     @property
     def fixed_resolution(self) -> tuple[int, int] | None:
-        cfg = self.transformer.config
+        cfg = self.transformer_config
         if not cfg.use_learned_positional_embeddings:
             return None
         return cfg.sample_height * self.spatial_factor, cfg.sample_width * self.spatial_factor
 
     @property
     def max_sequence_length(self) -> int:
-        return self.transformer.config.max_text_seq_length
+        return self.transformer_config.max_text_seq_length
 
     # Encoding
 
@@ -220,7 +228,7 @@ class CogVideoXAdapter(BackboneAdapter):
     # Denoising
 
     def _frame_padding(self, latent_frames: int) -> int:
-        patch_size_t = self.transformer.config.patch_size_t
+        patch_size_t = self.transformer_config.patch_size_t
         return (-latent_frames) % patch_size_t if patch_size_t else 0
 
     def _pad_frames(self, latents: torch.Tensor) -> torch.Tensor:
@@ -241,6 +249,7 @@ class CogVideoXAdapter(BackboneAdapter):
         conditioning: Conditioning,
         **transformer_kwargs: Any,
     ) -> torch.Tensor:
+        transformer = self.component("transformer", "predict")
         padding = self._frame_padding(noisy_latents.shape[1])
         image_latents = conditioning.image_latents
         if padding:
@@ -249,13 +258,13 @@ class CogVideoXAdapter(BackboneAdapter):
             image_latents = torch.cat([image_latents, zeros], dim=1)
         hidden_states = torch.cat([self._pad_frames(noisy_latents), image_latents], dim=2).to(self.dtype)
         batch, frames, _, height, width = hidden_states.shape
-        cfg = self.transformer.config
+        cfg = self.transformer_config
         rotary = None
         if cfg.use_rotary_positional_embeddings:
             rotary = self.pipeline._prepare_rotary_positional_embeddings(
                 height * self.spatial_factor, width * self.spatial_factor, frames, self.device
             )
-        output = self.transformer(
+        output = transformer(
             hidden_states=hidden_states,
             encoder_hidden_states=conditioning.prompt_embeds.to(self.dtype),
             timestep=torch.as_tensor(timesteps, device=self.device).reshape(-1).expand(batch),
@@ -294,10 +303,10 @@ class CogVideoXAdapter(BackboneAdapter):
 
     @property
     def time_embedding_dim(self) -> int:
-        return self.transformer.config.time_embed_dim
+        return self.transformer_config.time_embed_dim
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
-        cfg = self.transformer.config
+        cfg = self.transformer_config
         # The patch embedding embeds text and video together; a full-length text placeholder keeps the video
         # tokens on the positional embeddings the transformer gives them.
         video = self._pad_frames(latents).to(self.dtype)

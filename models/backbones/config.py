@@ -164,6 +164,15 @@ class BackboneConfig(BaseModel):
         None, ge=1.0, description="classifier-free guidance; None means the family default (1: a model trained "
         "without caption dropout has no unconditional prediction to guide against)"
     )
+    vae_tiling: bool | None = Field(
+        None, description="tiled VAE encode/decode (diffusers' `enable_tiling`): activation memory bounded by the "
+        "tile size, tiles blended at their seams; None: on for a model folder (`path`), off for `tiny`. Below the "
+        "VAE's tile size (CogVideoX: half its sample size, 240x360; Wan: 256x256) nothing changes"
+    )
+    vae_slicing: bool | None = Field(
+        None, description="VAE encode/decode one sample of a batch at a time (`enable_slicing`, exact); None: on for "
+        "a model folder (`path`), off for `tiny`"
+    )
     articulated_noise: bool = Field(
         True, description="generation starts from a motion's articulated noise unless told otherwise; false for a "
         "transformer trained on i.i.d. noise only (e.g. the toy's PadaLN variant)"
@@ -221,6 +230,14 @@ class BackboneConfig(BaseModel):
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
+
+    @property
+    def use_vae_tiling(self) -> bool:
+        return self.path is not None if self.vae_tiling is None else self.vae_tiling
+
+    @property
+    def use_vae_slicing(self) -> bool:
+        return self.path is not None if self.vae_slicing is None else self.vae_slicing
 
     @property
     def spatial_factor(self) -> int:

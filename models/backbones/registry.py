@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from .base import BackboneAdapter
@@ -25,9 +27,11 @@ def adapter_class(family: str) -> type[BackboneAdapter]:
     return _ADAPTERS[family]
 
 
-def build_adapter(config: BackboneConfig, device: str | torch.device = "cpu") -> BackboneAdapter:
-    """Build the adapter for `config.family`."""
-    return adapter_class(config.family).from_config(config, device=device)
+def build_adapter(
+    config: BackboneConfig, device: str | torch.device = "cpu", components: Collection[str] | None = None
+) -> BackboneAdapter:
+    """Build the adapter for `config.family` with the model `components` a stage uses (None: all of them)."""
+    return adapter_class(config.family).from_config(config, device=device, components=components)
 
 
 def sampling_defaults(config: BackboneConfig) -> tuple[int, float]:

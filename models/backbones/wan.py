@@ -6,7 +6,7 @@ Wan latents are `[B, C, F, h, w]`; this adapter permutes to and from `[B, F, C, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -113,32 +113,43 @@ class WanAdapter(BackboneAdapter):
     # Wan's reference pipeline runs its VAE and CLIP image encoder in float32.
     float32_components = ("vae", "image_encoder")
     guidance_in_one_batch = False
+    model_components = ("transformer", "vae", "text_encoder", "image_encoder")
+    transformer_class = WanTransformer3DModel
 
-    def __init__(self, pipeline: WanImageToVideoPipeline, config: BackboneConfig, device: str | torch.device = "cpu"):
-        super().__init__(pipeline, config, device)
+    def __init__(
+        self,
+        pipeline: WanImageToVideoPipeline,
+        config: BackboneConfig,
+        device: str | torch.device = "cpu",
+        transformer_config: Any = None,
+    ):
+        super().__init__(pipeline, config, device, transformer_config)
         cfg = self.scheduler.config
         self.train_scheduler = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=cfg.num_train_timesteps, shift=cfg.get("flow_shift", cfg.get("shift", 1.0))
         )
 
     @classmethod
-    def _load_components(cls, folder: Path, config: BackboneConfig) -> dict[str, Any]:
+    def _load_components(cls, folder: Path, config: BackboneConfig, wanted: Collection[str]) -> dict[str, Any]:
         dtype = config.torch_dtype
         scheduler_config = UniPCMultistepScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)
-        return {
-            "transformer": WanTransformer3DModel.from_pretrained(
+        loaders = {
+            "transformer": lambda: WanTransformer3DModel.from_pretrained(
                 folder, subfolder="transformer", torch_dtype=dtype, local_files_only=True
             ),
-            "vae": AutoencoderKLWan.from_pretrained(
+            "vae": lambda: AutoencoderKLWan.from_pretrained(
                 folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
             ),
-            "text_encoder": UMT5EncoderModel.from_pretrained(
+            "text_encoder": lambda: UMT5EncoderModel.from_pretrained(
                 folder / "text_encoder", dtype=dtype, local_files_only=True
             ),
-            "tokenizer": AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
-            "image_encoder": CLIPVisionModel.from_pretrained(
+            "image_encoder": lambda: CLIPVisionModel.from_pretrained(
                 folder / "image_encoder", dtype=torch.float32, local_files_only=True
             ),
+        }
+        return {
+            **{name: load() for name, load in loaders.items() if name in wanted},
+            "tokenizer": AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
             # The PIL backend: the project does not depend on torchvision.
             "image_processor": CLIPImageProcessorPil.from_pretrained(
                 folder / "image_processor", local_files_only=True
@@ -216,6 +227,7 @@ class WanAdapter(BackboneAdapter):
         """Reference image -> `[B, F_lat, 4 + C, h, w]`: the first-frame mask and the latents of the image followed
         by black frames, built by the pipeline's own `prepare_latents` (deterministic, so `generator` is unused)."""
         self.check_num_frames(num_frames)
+        self.component("vae", "encode_image")
         height, width = image.shape[-2:]
         placeholder = image.new_empty(0)  # prepare_latents also returns noise; passing latents skips drawing it
         conditions = [
@@ -238,7 +250,7 @@ class WanAdapter(BackboneAdapter):
         # The PIL-backed processor works on 8-bit images: quantize exactly as for a PIL input.
         pixels = ((image.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         inputs = self.pipeline.image_processor(images=pixels, return_tensors="pt")
-        encoder = self.pipeline.image_encoder
+        encoder = self.component("image_encoder", "encode_image_embeds")
         output = encoder(pixel_values=inputs.pixel_values.to(encoder.device, encoder.dtype), output_hidden_states=True)
         return output.hidden_states[-2].to(self.dtype)
 
@@ -251,10 +263,11 @@ class WanAdapter(BackboneAdapter):
         conditioning: Conditioning,
         **transformer_kwargs: Any,
     ) -> torch.Tensor:
+        transformer = self.component("transformer", "predict")
         hidden_states = torch.cat([noisy_latents, conditioning.image_latents], dim=2).permute(0, 2, 1, 3, 4)
         batch = hidden_states.shape[0]
         image_embeds = conditioning.image_embeds
-        output = self.transformer(
+        output = transformer(
             hidden_states=hidden_states.to(self.dtype),
             timestep=torch.as_tensor(timesteps, device=self.device).reshape(-1).expand(batch),
             encoder_hidden_states=conditioning.prompt_embeds.to(self.dtype),

@@ -294,8 +294,16 @@ class Captioner:
         return str(output[0]["generated_text"]).strip()
 
 
+def encoding_components(config: VideoJobConfig) -> frozenset[str]:
+    """The backbone components the encode stage loads: its encoders, never the transformer; the text encoder only
+    when captions are embedded here (`text: embed`)."""
+    from models.backbones import ENCODING_COMPONENTS
+
+    return ENCODING_COMPONENTS if config.text == "embed" else ENCODING_COMPONENTS - {"text_encoder"}
+
+
 class EncodeStage(ClipStage):
-    """VAE latents and caption embeddings of a batch of clips, with the backbone adapter built once."""
+    """VAE latents and caption embeddings of a batch of clips, with the backbone's encoders loaded once."""
 
     name = "encode"
 
@@ -303,7 +311,7 @@ class EncodeStage(ClipStage):
         from models.backbones import build_adapter
 
         super().__init__(config)
-        self.adapter = build_adapter(config.backbone_config(), device)
+        self.adapter = build_adapter(config.backbone_config(), device, encoding_components(config))
         self.captioner = Captioner(config.captions, device) if config.captions.model_path else None
 
     def caption(self, clip: Clip) -> str:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models.backbones import BackboneAdapter, adapter_class
+from models.backbones import BackboneAdapter, adapter_class, build_adapter
 from models.losses import LossConfig, LossOutput
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
@@ -56,6 +56,30 @@ def preflight(config: TrainJobConfig) -> RowPlan:
     deepspeed_settings(config)
     check_sinks(config.logging)
     return plan_rows(config)
+
+
+def training_components(plan: RowPlan) -> frozenset[str]:
+    """The backbone components a training worker loads: the transformer, the VAE (validation decodes), and the text
+    and image encoders only when the rows lack their embeddings (`text: caption` rows embed captions on the fly)."""
+    components = {"transformer", "vae"}
+    if "text_embeds" not in plan.columns:
+        components.add("text_encoder")
+    if "image_embeds" not in plan.columns:
+        components.add("image_encoder")  # a family without one (CogVideoX) loads none
+    return frozenset(components)
+
+
+def build_training_adapter(config: TrainJobConfig, plan: RowPlan, device: torch.device | str) -> BackboneAdapter:
+    """The adapter a training worker uses, with `training_components` only. Guided validation on rows that carry
+    text embeddings still needs the empty prompt's: it is embedded once, then the text encoder is freed."""
+    components = training_components(plan)
+    validation = config.validation
+    guided = validation.every_steps is not None and bool(plan.validation) and validation.guidance_scale > 1
+    if "text_encoder" in components or not guided:
+        return build_adapter(config.backbone_config(), device, components)
+    adapter = build_adapter(config.backbone_config(), device, components | {"text_encoder"})
+    adapter.drop_text_encoder(keep_prompts=[""], reason="the training rows carry text embeddings")
+    return adapter
 
 
 class TrainedModules(nn.Module):

@@ -34,6 +34,7 @@ class RowPlan:
     rows_uri: str
     train: tuple[RowKey, ...]
     validation: tuple[RowKey, ...]
+    columns: frozenset[str] = frozenset()  # the columns every row file has (e.g. text_embeds unless `text: caption`)
 
 
 def list_rows(store: RowStore) -> list[RowKey]:
@@ -90,7 +91,16 @@ def plan_rows(config: TrainJobConfig) -> RowPlan:
             f"batch_size: {config.batch_size} rows per step but only {len(train)} training rows "
             f"({len(keys)} rows, {held} held out for validation)"
         )
-    return RowPlan(store.uri, tuple(train), tuple(validation))
+    return RowPlan(store.uri, tuple(train), tuple(validation), common_columns(store, keys))
+
+
+def common_columns(store: RowStore, keys: list[RowKey]) -> frozenset[str]:
+    """The columns that every row file of `keys` has, read from their Parquet schemas."""
+    names = []
+    for path in sorted({key.path for key in keys}):
+        with store.filesystem.open_input_file(path) as file:
+            names.append(set(pq.read_schema(file).names))
+    return frozenset(set.intersection(*names)) if names else frozenset()
 
 
 def steps_per_epoch(num_rows: int, batch_size: int) -> int:
