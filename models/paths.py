@@ -10,10 +10,11 @@ belong on storage every node mounts (absolute paths) or in object storage (URIs,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,10 @@ def resolve_location(location: str) -> str:
     return location if is_uri(location) else str(project_path(location))
 
 
-# Config field types that resolve as described above.
+def _as_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+# Config field types that resolve as described above (a location may also be given as a `Path`).
 ProjectPath = Annotated[Path, AfterValidator(project_path)]
-ProjectUri = Annotated[str, AfterValidator(resolve_location)]
+ProjectUri = Annotated[str, BeforeValidator(_as_text), AfterValidator(resolve_location)]

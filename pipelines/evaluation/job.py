@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -16,7 +15,7 @@ import pyarrow.csv
 import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.paths import ProjectPath, ProjectUri
 from pipelines.evaluation.feature_networks import (
@@ -82,11 +81,6 @@ class EvaluateJobConfig(BaseModel):
     inception: FeatureNetworkConfig | None = Field(None, description="FID and FID-VID")
     i3d: FeatureNetworkConfig | None = Field(None, description="FVD")
     resources: StageResources = StageResources()
-
-    @field_validator("generated", "reference", mode="before")
-    @classmethod
-    def _path_as_text(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def check_weights(self) -> None:
         """Every configured weights file exists (FileNotFoundError naming it otherwise), before any work starts."""

@@ -23,12 +23,11 @@ cannot be read, lacks the `id`/`image` columns, has unknown columns, or repeats 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.backbones.config import StepCacheSettings
 from models.paths import ProjectPath, ProjectUri
@@ -103,11 +102,6 @@ class RenderJobConfig(BaseModel):
     photo: PhotoOptions = Field(PhotoOptions(), description="how reference photos are fitted (rows may override)")
     resources: RenderResources = RenderResources()
     progress_interval_s: float = Field(10.0, gt=0)
-
-    @field_validator("output_dir", mode="before")
-    @classmethod
-    def _path_as_text(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
     def _backbone_loads(self) -> RenderJobConfig:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import CONFIGS, ROOT
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from models.backbones import build_adapter, load_backbone_config
 from models.paths import PROJECT_ROOT
@@ -94,6 +96,7 @@ def head():
                                text=True, env=env)
     try:
         assert process.stdout.readline().strip() == "ready"
+        _wait_for_job_agent(f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}", env
     finally:
         process.communicate("stop\n", timeout=120)
@@ -101,11 +104,33 @@ def head():
 
 def _submit(address: str, env: dict[str, str], config: Path) -> subprocess.CompletedProcess:
     ray_cli = Path(sys.executable).parent / "ray"
-    return subprocess.run(
-        [str(ray_cli), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-         sys.executable, "-m", "ray_jobs.render", "--config", str(config)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )
+    command = [str(ray_cli), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+               sys.executable, "-m", "ray_jobs.render", "--config", str(config)]
+    for _ in range(3):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+        # Both submissions upload the same package (same content hash); Ray may still be deleting the first job's
+        # copy when the second checks that it exists, and then the second cannot download it: submit again.
+        if "Failed to download runtime_env file package" not in done.stdout + done.stderr:
+            return done
+        time.sleep(2)
+    return done
+
+
+def _wait_for_job_agent(address: str) -> None:
+    """A fresh head's job agent may come up after `ray.init` returns: submit an empty job until one is taken."""
+    client = JobSubmissionClient(address)
+    for _ in range(60):
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as err:
+            if "No available agent" not in str(err):
+                raise
+            time.sleep(1)
+    else:
+        raise TimeoutError(f"no job agent on {address} after a minute")
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(0.5)
 
 
 def test_a_submitted_job_finds_its_weights_and_writes_where_its_config_says(head, tmp_path) -> None:
