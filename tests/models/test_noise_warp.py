@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from noise_reference import reference_warp_operator
 
 from models.noise_warp import WarpOperator, build_warp_operator, degrade, latent_frame_of, latent_num_frames, undegrade
 
@@ -194,37 +195,6 @@ def test_frame_rule() -> None:
     assert latent_frame_of(torch.arange(9)).tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2]
     with pytest.raises(ValueError, match="4k\\+1"):
         latent_num_frames(50)
-
-
-def reference_warp_operator(
-    uv: torch.Tensor, mask: torch.Tensor, latent_frames: torch.Tensor, latent_shape, texture_size, rule, background
-) -> WarpOperator:
-    """The operator as built before issue 14 (every render pixel through one `torch.unique`), kept here only as
-    the reference the faster build must match bitwise."""
-    num_latent, height, width = latent_shape
-    factor = uv.shape[1] // height
-    if rule == "nearest":
-        uv, mask = uv[:, factor // 2 :: factor, factor // 2 :: factor], mask[:, factor // 2 :: factor, factor // 2 :: factor]
-        factor = 1
-    num_texels = texture_size[0] * texture_size[1]
-    num_background = height * width * (num_latent if background == "per_frame" else 1)
-    num_sources = num_texels + num_background
-    rows = torch.arange(height * factor) // factor
-    cols = torch.arange(width * factor) // factor
-    cell_in_frame = rows[:, None] * width + cols[None, :]
-    cells = latent_frames[:, None, None] * (height * width) + cell_in_frame
-    background_unit = cell_in_frame if background == "static" else cells
-    col = (uv[..., 0] * texture_size[1]).long().clamp(0, texture_size[1] - 1)
-    row = ((1.0 - uv[..., 1]) * texture_size[0]).long().clamp(0, texture_size[0] - 1)
-    sources = torch.where(mask, row * texture_size[1] + col, num_texels + background_unit)
-    pairs, counts = torch.unique((cells * num_sources + sources).reshape(-1), return_counts=True)
-    row_of_pair = pairs // num_sources
-    weights = counts.to(torch.float32)
-    norms = torch.zeros(num_latent * height * width).index_add_(0, row_of_pair, weights.square())
-    values = weights / norms.sqrt()[row_of_pair]
-    indptr = torch.zeros(num_latent * height * width + 1, dtype=torch.int64)
-    indptr[1:] = torch.cumsum(torch.bincount(row_of_pair, minlength=num_latent * height * width), 0)
-    return WarpOperator(indptr, pairs % num_sources, values, latent_shape, texture_size, num_background)
 
 
 def random_body(num_frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
