@@ -166,11 +166,18 @@ class WarpOperator:
         return operator
 
 
-def _cell_grid(height: int, width: int, factor: int, device: torch.device) -> torch.Tensor:
-    """Latent cell (row-major within a frame) of every render pixel `[height*factor, width*factor]`."""
-    rows = torch.arange(height * factor, device=device) // factor
-    cols = torch.arange(width * factor, device=device) // factor
-    return rows[:, None] * width + cols[None, :]
+def _body_cells(
+    mask: torch.Tensor, latent_frames: torch.Tensor, latent_grid: tuple[int, int], factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat index of every body pixel of `mask` `[B, H, W]`, and the latent cell (operator row) it falls in."""
+    _, render_h, render_w = mask.shape
+    height, width = latent_grid
+    pixels = mask.reshape(-1).nonzero().squeeze(1)
+    frame = pixels // (render_h * render_w)
+    in_frame = pixels - frame * (render_h * render_w)
+    row = in_frame // render_w
+    cell_in_frame = row // factor * width + (in_frame - row * render_w) // factor
+    return pixels, latent_frames.index_select(0, frame) * (height * width) + cell_in_frame
 
 
 def _texel_ids(uv: torch.Tensor, texture_size: tuple[int, int]) -> torch.Tensor:
@@ -219,25 +226,37 @@ def build_warp_operator(
         uv, mask = _nearest_pixels(uv, mask, factor)
         factor = 1
     device = uv.device
+    latent_frames = latent_frames.to(device=device, dtype=torch.int64)
+    if latent_frames.numel() and (int(latent_frames.min()) < 0 or int(latent_frames.max()) >= num_latent):
+        raise ValueError(
+            f"latent_frames must lie in [0, {num_latent}), got {int(latent_frames.min())}..{int(latent_frames.max())}"
+        )
+    frames_per_latent = torch.bincount(latent_frames, minlength=num_latent)
+    if bool((frames_per_latent == 0).any()):
+        raise ValueError("some latent cells have no rendered frame; latent_frames must cover every latent frame")
+    num_cells = num_latent * height * width
     num_texels = texture_size[0] * texture_size[1]
     num_background = height * width * (num_latent if background == "per_frame" else 1)
     num_sources = num_texels + num_background
 
-    cell_in_frame = _cell_grid(height, width, factor, device)
-    cells = latent_frames.to(device)[:, None, None] * (height * width) + cell_in_frame
-    background_unit = cell_in_frame if background == "static" else cells
-    sources = torch.where(mask, _texel_ids(uv, texture_size), num_texels + background_unit)
-    keys = (cells * num_sources + sources).reshape(-1)
+    # Only body pixels are gathered (a few % of a frame): a cell's background pixels all see the same unit, so
+    # they are counted, not listed. Keys sort by cell, then source, and background units follow the texels.
+    pixels, body_cell = _body_cells(mask, latent_frames, (height, width), factor)
+    texel = _texel_ids(uv.reshape(-1, 2).index_select(0, pixels), texture_size)
+    texel_keys, texel_counts = torch.unique(body_cell * num_sources + texel, return_counts=True)
+    cell_pixels = (frames_per_latent * factor**2).repeat_interleave(height * width)
+    background_counts = cell_pixels - torch.bincount(body_cell, minlength=num_cells)
+    background_cell = background_counts.nonzero().squeeze(1)
+    unit = background_cell if background == "per_frame" else background_cell % (height * width)
+    pairs, order = torch.sort(torch.cat([texel_keys, background_cell * num_sources + num_texels + unit]))
+    counts = torch.cat([texel_counts, background_counts.index_select(0, background_cell)]).index_select(0, order)
 
-    pairs, counts = torch.unique(keys, return_counts=True)  # sorted by cell, then source
     row_of_pair = pairs // num_sources
     weights = counts.to(torch.float32)
-    norms = torch.zeros(num_latent * height * width, device=device).index_add_(0, row_of_pair, weights.square())
-    if bool((norms == 0).any()):
-        raise ValueError("some latent cells have no rendered frame; latent_frames must cover every latent frame")
+    norms = torch.zeros(num_cells, device=device).index_add_(0, row_of_pair, weights.square())
     values = weights / norms.sqrt()[row_of_pair]
-    indptr = torch.zeros(num_latent * height * width + 1, dtype=torch.int64, device=device)
-    indptr[1:] = torch.cumsum(torch.bincount(row_of_pair, minlength=num_latent * height * width), 0)
+    indptr = torch.zeros(num_cells + 1, dtype=torch.int64, device=device)
+    indptr[1:] = torch.cumsum(torch.bincount(row_of_pair, minlength=num_cells), 0)
     return WarpOperator(indptr, pairs % num_sources, values, latent_shape, texture_size, num_background)
 
 

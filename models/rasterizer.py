@@ -132,17 +132,22 @@ def interpolate(fragments: Fragments, face_attributes: Tensor) -> Tensor:
             f"face_attributes has {face_attributes.shape[0]} frames, fragments have {batch}"
         )
     attributes = face_attributes.to(device=face_id.device, dtype=torch.float32)
-    covered = face_id.reshape(-1).ge(0).nonzero().squeeze(1)
-    face = face_id.reshape(-1)[covered]
+    return _interpolate(fragments, attributes, fragments.mask)
+
+
+def _interpolate(fragments: Fragments, attributes: Tensor, mask: Tensor) -> Tensor:
+    """`interpolate` of float32 attributes on the fragments' device, given their `mask`."""
+    face_id = fragments.face_id
+    covered = mask.reshape(-1).nonzero().squeeze(1)
+    face = face_id.reshape(-1).index_select(0, covered)
     if attributes.ndim == 4:
         frame = torch.div(covered, face_id[0].numel(), rounding_mode="floor")
         corners = attributes[frame, face]
     else:
-        corners = attributes[face]
-    values = torch.einsum("nk,nkd->nd", fragments.bary.reshape(-1, 3)[covered], corners)
+        corners = attributes.index_select(0, face)
+    values = torch.einsum("nk,nkd->nd", fragments.bary.reshape(-1, 3).index_select(0, covered), corners)
     out = attributes.new_zeros(face_id.numel(), attributes.shape[-1])
-    out[covered] = values
-    return out.view(*face_id.shape, attributes.shape[-1])
+    return out.index_copy_(0, covered, values).view(*face_id.shape, attributes.shape[-1])
 
 
 def uv_map(fragments: Fragments, uv_coords: Tensor, uv_faces: Tensor) -> tuple[Tensor, Tensor]:
@@ -155,8 +160,9 @@ def uv_map(fragments: Fragments, uv_coords: Tensor, uv_faces: Tensor) -> tuple[T
     if uv_faces.ndim != 2 or uv_faces.shape[1] != 3:
         raise ValueError(f"uv_faces must be [F,3], got {tuple(uv_faces.shape)}")
     device = fragments.face_id.device
-    corners = uv_coords.to(device)[uv_faces.to(device=device, dtype=torch.int64)]
-    return interpolate(fragments, corners), fragments.mask
+    corners = uv_coords.to(device=device, dtype=torch.float32)[uv_faces.to(device=device, dtype=torch.int64)]
+    mask = fragments.mask
+    return _interpolate(fragments, corners, mask), mask
 
 
 def scale_intrinsics(K: Tensor, sx: float, sy: float) -> Tensor:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from noise_reference import reference_warp_operator
 
 from models.noise_warp import WarpOperator, build_warp_operator, degrade, latent_frame_of, latent_num_frames, undegrade
 
@@ -194,3 +195,47 @@ def test_frame_rule() -> None:
     assert latent_frame_of(torch.arange(9)).tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2]
     with pytest.raises(ValueError, match="4k\\+1"):
         latent_num_frames(50)
+
+
+def random_body(num_frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """UV maps with random coordinates (texture edges included) on random cells (5-60% of them), 70% of whose
+    pixels are body: cells with no body, some body and only body pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = LATENT[1] * FACTOR, LATENT[2] * FACTOR
+    uv = torch.rand(num_frames, height, width, 2, generator=generator)
+    uv[:, ::7, ::5] = torch.tensor([0.0, 1.0])  # texture corners, where the clamps act
+    uv[:, 3::11, 2::9] = torch.tensor([1.0, 0.0])
+    density = torch.rand(num_frames, 1, 1, generator=generator) * 0.55 + 0.05
+    cells = torch.rand(num_frames, LATENT[1], LATENT[2], generator=generator) < density
+    mask = cells.repeat_interleave(FACTOR, 1).repeat_interleave(FACTOR, 2)
+    mask &= torch.rand(mask.shape, generator=generator) < 0.7
+    return uv * mask[..., None], mask
+
+
+@pytest.mark.parametrize("rule", ["aggregate", "nearest"])
+@pytest.mark.parametrize("background", ["static", "per_frame"])
+@pytest.mark.parametrize("frames", [torch.arange(3), latent_frame_of(torch.arange(9)), torch.tensor([2, 0, 1, 1])])
+def test_build_matches_the_reference_bitwise(rule: str, background: str, frames: torch.Tensor) -> None:
+    """Same CSR arrays and the same noise as the pre-issue-14 build: counts are small integers, so the float32
+    weights, norms (sums of squared counts < 2^24, exact in any order) and values come out identical."""
+    num_latent = int(frames.max()) + 1
+    latent_shape = (num_latent, *LATENT[1:])
+    inputs = [moving_square(len(frames)), random_body(len(frames), seed=len(frames))]
+    inputs.append((inputs[1][0], torch.zeros_like(inputs[1][1])))  # no body at all
+    inputs.append((inputs[1][0] * 0 + 0.5, torch.ones_like(inputs[1][1])))  # body everywhere
+    for uv, mask in inputs:
+        new = build_warp_operator(uv, mask, frames, latent_shape, (16, 16), rule, background)
+        old = reference_warp_operator(uv, mask, frames, latent_shape, (16, 16), rule, background)
+        for name in ("indptr", "indices", "values"):
+            assert torch.equal(getattr(new, name), getattr(old, name)), name
+        assert new.num_background == old.num_background
+        new_noise, old_noise = (op.sample(torch.Generator().manual_seed(11), 4) for op in (new, old))
+        assert torch.equal(new_noise, old_noise)
+
+
+def test_latent_frames_are_checked() -> None:
+    uv, mask = moving_square(num_frames=2)
+    with pytest.raises(ValueError, match="no rendered frame"):
+        build_warp_operator(uv, mask, torch.tensor([0, 0]), (2, *LATENT[1:]), (16, 16))
+    with pytest.raises(ValueError, match="latent_frames must lie in"):
+        build_warp_operator(uv, mask, torch.tensor([0, 2]), (2, *LATENT[1:]), (16, 16))

@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from noise_reference import reference_uv_map, reference_warp_operator
 
 from models.body_model import load_body_model
 from models.motion import MotionError
@@ -62,6 +63,25 @@ def test_chunked_build_is_the_same_operator(body, background) -> None:
         small = build_motion_operator(motion, body, NoiseConfig(**options, num_frames=9, height=64, width=96))[0]
         stack_latent_frames([whole, small], background)
 
+
+
+@pytest.mark.parametrize("options", [{}, {"rule": "nearest"}, {"background": "per_frame", "group_frames": "all"}])
+def test_operator_matches_the_pre_issue_14_build(body, options) -> None:
+    """UV maps, masks, operator and a seeded sample bitwise as the build before issue 14 made it fast."""
+    config = NoiseConfig(**{**SMALL.model_dump(), "num_frames": 13, "supersample": 8, **options})
+    for name in ("walk", "turn"):
+        operator, render = build_motion_operator(make_demo_motion(name, 13), body, config)
+        uv = reference_uv_map(render.face_id, render.bary, body.uv_coords, body.uv_faces)
+        mask = render.face_id >= 0
+        assert torch.equal(render.uv, uv) and torch.equal(render.mask, mask)
+        reference = reference_warp_operator(
+            uv, mask, render.latent_frames, config.latent_shape, (config.texture_size,) * 2, config.rule,
+            config.background,
+        )
+        for field in ("indptr", "indices", "values"):
+            assert torch.equal(getattr(operator, field), getattr(reference, field)), (name, field)
+        noise, reference_noise = (op.sample(torch.Generator().manual_seed(7), 4) for op in (operator, reference))
+        assert torch.equal(noise, reference_noise)
 
 def test_rendered_frames_follow_the_vae_groups() -> None:
     frames, latent = rendered_frames(9, "centre")
