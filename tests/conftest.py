@@ -31,11 +31,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+def start_local_ray() -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray shared by every test that needs one (each start costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture()
+def no_local_ray():
+    """This process's Ray stopped for the test and started again after it: a second Ray on the machine (a test's
+    own head) needs the dashboard agent's fixed port (52365) that the first one holds."""
+    import ray
+
+    running = ray.is_initialized()
+    if running:
+        ray.shutdown()
+    yield
+    if running:
+        start_local_ray()

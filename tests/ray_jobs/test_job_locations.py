@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import CONFIGS, ROOT
-from ray.job_submission import JobStatus, JobSubmissionClient
 
 from models.backbones import build_adapter, load_backbone_config
 from models.paths import PROJECT_ROOT
@@ -80,7 +79,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def head():
+def head(no_local_ray):
     """A local Ray head with the job server, in its own process, stopped at the end (never `ray stop`, which would
     stop every Ray on the machine)."""
     port = _free_port()
@@ -96,7 +95,7 @@ def head():
                                text=True, env=env)
     try:
         assert process.stdout.readline().strip() == "ready"
-        _wait_for_job_agent(f"http://127.0.0.1:{port}")
+        _wait_for_job_agent(f"http://127.0.0.1:{port}", env)
         yield f"http://127.0.0.1:{port}", env
     finally:
         process.communicate("stop\n", timeout=120)
@@ -116,21 +115,17 @@ def _submit(address: str, env: dict[str, str], config: Path) -> subprocess.Compl
     return done
 
 
-def _wait_for_job_agent(address: str) -> None:
+def _wait_for_job_agent(address: str, env: dict[str, str]) -> None:
     """A fresh head's job agent may come up after `ray.init` returns: submit an empty job until one is taken."""
-    client = JobSubmissionClient(address)
-    for _ in range(60):
-        try:
-            job = client.submit_job(entrypoint="true")
-            break
-        except RuntimeError as err:
-            if "No available agent" not in str(err):
-                raise
-            time.sleep(1)
-    else:
-        raise TimeoutError(f"no job agent on {address} after a minute")
-    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        time.sleep(0.5)
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--", "true"]
+    for _ in range(30):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+        if done.returncode == 0:
+            return
+        if "No available agent" not in done.stdout + done.stderr:
+            raise RuntimeError(f"the test head takes no jobs: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+        time.sleep(2)
+    raise TimeoutError(f"no job agent on {address} after a minute")
 
 
 def test_a_submitted_job_finds_its_weights_and_writes_where_its_config_says(head, tmp_path) -> None:
