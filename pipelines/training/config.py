@@ -210,7 +210,9 @@ class TrainJobConfig(_Strict):
         return self
 
     def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig.model_validate(self.backbone)
+        """The backbone, without step caching: its hooks on the transformer would also catch training's forwards,
+        and validation should show the model, not the cache."""
+        return BackboneConfig.model_validate({**self.backbone, "cache": None})
 
     @property
     def micro_batch_size(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import CONFIGS
+from helpers import CONFIGS, ROOT
 
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
 from models.backbones.config import StepCacheSettings
@@ -12,7 +12,8 @@ from models.body_model import load_body_model
 from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.render_manifest import RenderJobConfig
-from pipelines.io.config import ConfigError, validate_config
+from pipelines.io.config import ConfigError, load_config, validate_config
+from pipelines.training.config import TrainJobConfig
 from ray_jobs.cli import _cache_option, main
 from serve.config import BackboneEntry
 
@@ -96,3 +97,10 @@ def test_the_cache_is_an_option_of_generate_render_and_serve(tmp_path, capsys) -
     assert render.backbone_config().cache == settings
     assert BackboneEntry(config=tiny, cache={"threshold": 0.1}).backbone_config().cache == settings
     assert BackboneEntry(config=tiny).backbone_config().cache is None
+
+
+def test_training_never_runs_with_the_step_cache() -> None:
+    backbone = {**load_backbone_config(CONFIGS / "tiny-cogvideox.yaml").model_dump(mode="json"),
+                "cache": {"threshold": 0.2}}
+    train = load_config(TrainJobConfig, ROOT / "configs/train/tiny-cpu.yaml", {"backbone": backbone})
+    assert train.backbone["cache"] is not None and train.backbone_config().cache is None
