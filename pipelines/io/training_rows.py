@@ -24,7 +24,7 @@ from models.backbones.base import Conditioning
 from models.noise_warp import WarpOperator
 from pipelines.io.arrow_arrays import list_column, tensor_column
 from pipelines.io.config import RESOLVED_CONFIG_NAME
-from pipelines.io.filesystem import resolve_uri
+from pipelines.io.filesystem import exists, resolve_uri
 from pipelines.io.operator_columns import OPERATOR_FIELDS, row_operator
 
 if TYPE_CHECKING:
@@ -179,11 +179,8 @@ class RowStore:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def _exists(self, *parts: str) -> bool:
-        return self.filesystem.get_file_info(self.path(*parts)).type != pyarrow.fs.FileType.NotFound
-
     def read_text(self, name: str) -> str | None:
-        if not self._exists(name):
+        if not exists(self.filesystem, self.path(name)):
             return None
         with self.filesystem.open_input_stream(self.path(name)) as stream:
             return stream.read().decode()
@@ -195,7 +192,7 @@ class RowStore:
 
     def written_clip_ids(self) -> frozenset[str]:
         """Clip ids of every row written so far (files whose names start with '_' or '.' are unfinished)."""
-        if not self._exists(ROWS_DIR):
+        if not exists(self.filesystem, self.path(ROWS_DIR)):
             return frozenset()
         dataset = pyarrow.dataset.dataset(self.path(ROWS_DIR), filesystem=self.filesystem, format="parquet")
         return frozenset(dataset.to_table(columns=["clip_id"]).column("clip_id").to_pylist())
