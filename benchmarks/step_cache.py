@@ -23,6 +23,7 @@ from models.backbones import load_backbone_config
 from models.backbones.config import StepCacheSettings
 from models.body_model import load_body_model
 from pipelines.evaluation.heldout import load_heldout_clips, score_video
+from pipelines.evaluation.metrics import psnr as video_psnr
 from pipelines.generation.animation import AnimationPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB, 100 for identical videos (JSON has no infinity)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else min(100.0, 10 * np.log10(255**2 / mse))
+    return min(100.0, video_psnr(a, b))
 
 
 def counted_pipeline(config, cache: StepCacheSettings | None, body) -> tuple[AnimationPipeline, list[int]]:
