@@ -204,7 +204,7 @@ def cmd_motion_retarget(args: argparse.Namespace) -> None:
     relative to its start; --lead-in N blends from the photo's pose into the motion's first pose."""
     from models.body_model import load_body_model
     from pipelines.generation.photo import prepare_photo, read_image, upright
-    from pipelines.generation.photo_retarget import fit_summary, retarget_to_photo
+    from pipelines.generation.photo_retarget import retarget_to_photo
     from pipelines.io.motion import load_motion, save_motion
 
     if (args.height is None) != (args.width is None):
@@ -214,11 +214,12 @@ def cmd_motion_retarget(args: argparse.Namespace) -> None:
     options, estimator = _photo_inputs(args, True, "or pass the photo's keypoints with --keypoints FILE")
     photo = prepare_photo(image, size, options, estimator, detect=True)
     motion = load_motion(args.motion)
-    retargeted, fit = retarget_to_photo(photo, motion, load_body_model(args.smpl_model, args.smpl_uv), args.lead_in)
+    body = load_body_model(args.smpl_model, args.smpl_uv)
+    retargeted, summary = retarget_to_photo(photo, motion, body, args.lead_in)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_motion(args.out, retargeted)
     print(json.dumps({"out": str(args.out), "frames": retargeted.num_frames, "image_size": list(retargeted.image_size),
-                      "photo": photo.intake.model_dump(), "retarget": fit_summary(fit, args.lead_in)}))
+                      "photo": photo.intake.model_dump(), "retarget": summary.model_dump(exclude_none=True)}))
 
 
 def _cache_option(text: str) -> Any:
@@ -242,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from models.body_model import load_body_model
     from pipelines.generation.animation import AnimationPipeline
     from pipelines.generation.photo import prepare_photo, read_image
-    from pipelines.generation.photo_retarget import fit_summary, retarget_to_photo
+    from pipelines.generation.photo_retarget import RetargetSummary, retarget_to_photo
     from pipelines.io.motion import load_motion
 
     retarget = args.retarget and args.motion is not None  # a pose video alone is 2D skeletons: nothing to retarget
@@ -259,10 +260,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     photo = prepare_photo(image, pipeline.adapter.resolution, options, estimator, detect=retarget)
     motion = args.motion
-    summary = {"applied": False, "reason": "--no-retarget" if args.motion else "no motion (a pose video is used as it is)"}
+    summary = RetargetSummary.skipped("--no-retarget" if args.motion else "no motion (a pose video is used as it is)")
     if retarget:
-        motion, fit = retarget_to_photo(photo, load_motion(args.motion), body or load_body_model(), args.lead_in)
-        summary = {"applied": True, **fit_summary(fit, args.lead_in)}
+        motion, summary = retarget_to_photo(photo, load_motion(args.motion), body or load_body_model(), args.lead_in)
     output = pipeline(
         photo.pixels,
         args.prompt,
@@ -283,7 +283,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     frames, height, width, _ = output.frames.shape
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps,
-                      "photo": photo.intake.model_dump(), "retarget": summary}))
+                      "photo": photo.intake.model_dump(), "retarget": summary.model_dump(exclude_none=True)}))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:

@@ -52,6 +52,9 @@ ALPHA_THRESHOLD = 127  # alpha above this is the person
 HEADROOM = 0.1  # above the person's top, times the box height, when the box cannot hold the whole person
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 SKIP_DETECTION = "use fit: pad (letterbox the whole photo) or fit: centre (centre crop) to skip person detection"
+RETARGET_OFF = ("turn retargeting off (retarget=false in an API request, retarget: false in a render config or "
+                "manifest row, --no-retarget for humanim generate)")
+RETARGET_NEEDS_PERSON = f"retargeting looks for the person whatever the fit: {RETARGET_OFF} to use this photo as it is"
 
 
 class PhotoError(ValueError):
@@ -231,14 +234,14 @@ def detect_keypoints(rgb: np.ndarray, estimator: KeypointEstimator) -> np.ndarra
     return keypoints[0]
 
 
-def _keypoint_bounds(keypoints: np.ndarray, image_size: tuple[int, int], threshold: float
+def _keypoint_bounds(keypoints: np.ndarray, image_size: tuple[int, int], threshold: float, how_to_skip: str
                      ) -> tuple[float, float, float, float]:
     try:
         return keypoint_bounds(keypoints[None], image_size, threshold)
     except VideoError:
         raise PhotoError(
             f"image: the person detector (keypoint estimator) found no person in the photo (no keypoint with "
-            f"confidence >= {threshold}); {SKIP_DETECTION}"
+            f"confidence >= {threshold}); {how_to_skip}"
         ) from None
 
 
@@ -271,15 +274,16 @@ def _cut_note(box: CropBox, bounds: tuple[float, float, float, float]) -> str | 
 
 def crop_box(
     rgb: np.ndarray, alpha: np.ndarray | None, size: tuple[int, int], options: PhotoOptions,
-    keypoints: np.ndarray | None,
+    keypoints: np.ndarray | None, how_to_skip: str,
 ) -> tuple[CropBox, Method, str | None]:
-    """The crop box (`fit: crop` or `centre`), what placed it, and a note."""
+    """The crop box (`fit: crop` or `centre`), what placed it, and a note; keypoints showing no person are an error
+    ending with `how_to_skip`."""
     image_size = rgb.shape[:2]
     if options.fit == "centre":
         return centre_box(image_size, size), "centre", "fit: centre: no person detector ran"
     bounds, method = None, "centre"
     if keypoints is not None:
-        bounds, method = _keypoint_bounds(keypoints, image_size, options.keypoint_threshold), "keypoints"
+        bounds, method = _keypoint_bounds(keypoints, image_size, options.keypoint_threshold, how_to_skip), "keypoints"
     elif alpha is not None:
         bounds = _alpha_bounds(alpha)
         method = "centre" if bounds is None else "alpha"
@@ -326,7 +330,8 @@ def prepare_photo(
 ) -> Photo:
     """The photo at `size` (H, W) by the rules in the module docstring; `estimator` overrides `options.detector`
     (pass one built once with `photo_detector` when many photos go through). The estimator runs for `fit: crop`, and
-    with `detect` for every fit (retargeting needs the person's keypoints; they do not move a centre or pad box)."""
+    with `detect` for every fit (retargeting needs the person's keypoints; they do not move a centre or pad box, and
+    a photo without a person is then an error that says how to turn retargeting off)."""
     options = options or PhotoOptions()
     orientation = 1
     if isinstance(image, PIL.Image.Image):
@@ -341,7 +346,9 @@ def prepare_photo(
         placed = "no person detector ran" if keypoints is None else "the detected keypoints do not move the box"
         method, note = "pad", f"fit: pad: the whole photo, letterboxed; {placed}"
     else:
-        box, method, note = crop_box(rgb, alpha, size, options, keypoints if options.fit == "crop" else None)
+        how_to_skip = RETARGET_NEEDS_PERSON if detect else SKIP_DETECTION
+        box, method, note = crop_box(rgb, alpha, size, options, keypoints if options.fit == "crop" else None,
+                                     how_to_skip)
         pixels = _crop(rgb, box, size)
     intake = PhotoIntake(
         fit=options.fit, method=method, x0=box.x0, y0=box.y0, width=box.width, height=box.height,

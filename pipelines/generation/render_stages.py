@@ -5,7 +5,8 @@ are in `render_manifest`, the output folder in `render_store`.
 
     prepare   (CPU)  the row's settings checked and merged with the config's defaults, the reference photo
                      fitted to the output (pipelines/generation/photo.py; its intake record goes to the metadata),
-                     the motion loaded and validated, the pose video decoded, the frame count checked against the
+                     the motion loaded, validated and retargeted onto the photo's person (photo_retarget.py; what
+                     was done goes to the metadata), the pose video decoded, the frame count checked against the
                      backbone's rule and the driving input; for articulated noise, the motion's warp operator (body
                      rendering and rasterization stay off the GPU workers)
     generate  (GPU)  the animation pipeline, built once per worker, samples the noise, denoises and decodes
@@ -33,16 +34,8 @@ from models.motion import motion_from_arrays
 from models.noise_warp import WarpOperator
 from pipelines.articulated_noise import video_noise_operator
 from pipelines.generation.frames import pose_video_pixels
-from pipelines.generation.photo import (
-    Photo,
-    PhotoIntake,
-    fit_mask,
-    photo_detector,
-    photo_options,
-    prepare_photo,
-    read_image,
-)
-from pipelines.generation.photo_retarget import fit_summary, retarget_estimator, retarget_to_photo
+from pipelines.generation.photo import Photo, PhotoIntake, fit_mask, photo_options, prepare_photo, read_image
+from pipelines.generation.photo_retarget import RetargetSummary, job_estimator, retarget_to_photo
 from pipelines.generation.render_manifest import RenderJobConfig, RenderRow
 from pipelines.generation.render_store import RenderStore, metadata_table
 from pipelines.generation.retarget import RetargetError
@@ -167,9 +160,8 @@ class PrepareStage(_Stage):
         self.size = config.resolution()
         self.noise_options = {**config.noise, "spatial_factor": backbone.spatial_factor}
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
-        self.detector = photo_detector(config.photo)  # built once: a missing backend stops the stage at start
-        if self.detector is None and config.defaults.retarget:
-            self.detector = retarget_estimator(config.photo, SKIP_RETARGET)
+        # built once: a missing backend stops the stage at start
+        self.detector = job_estimator(config.photo, config.defaults.retarget, SKIP_RETARGET)
 
     def photo(self, row: RenderRow, retarget: bool) -> Photo:
         """The row's photo at the output size, its intake record and (to retarget) the person's keypoints."""
@@ -213,6 +205,8 @@ class PrepareStage(_Stage):
         settings = self.settings(row)
         defaults = self.config.defaults
         retarget = (defaults.retarget if row.retarget is None else row.retarget) and row.motion is not None
+        summary = RetargetSummary.skipped("retarget is false" if row.motion is not None else
+                                          "no motion (a pose video is used as it is)")
         photo = self.photo(row, retarget)
         image, intake = photo.pixels, photo.intake
         settings["photo"] = intake.model_dump()
@@ -225,11 +219,11 @@ class PrepareStage(_Stage):
             motion = load_motion(row.motion)
             if retarget:
                 lead_in = defaults.lead_in if row.lead_in is None else row.lead_in
-                motion, fit = retarget_to_photo(photo, motion, self.body, lead_in)
-                settings["retarget"] = fit_summary(fit, lead_in)
+                motion, summary = retarget_to_photo(photo, motion, self.body, lead_in)
             state.update({f"motion.{key}": value for key, value in motion.to_arrays().items()})
             available.append(motion.num_frames)
             settings["fps"] = motion.fps
+        settings["retarget"] = summary.model_dump()
         if row.pose_video is not None:
             frames, fps = read_video(row.pose_video, "pose_video")
             state["pose_video"] = pose_video_pixels(frames, self.size)
@@ -321,6 +315,7 @@ class EncodeStage:
             "seconds": count / fps,
             "generation_seconds": item.generation_seconds,
             **PhotoIntake.model_validate(item.settings["photo"]).columns(),
+            **RetargetSummary.model_validate(item.settings["retarget"]).columns(),
         }
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -66,6 +66,15 @@ METADATA_SCHEMA = pa.schema(
         ("photo_orientation", pa.int32()),  # EXIF orientation applied (1: none)
         ("photo_flattened", pa.bool_()),  # transparency flattened onto the background
         ("photo_note", pa.string()),
+        # retargeting of the row's motion onto the photo's person (photo_retarget.py, RetargetSummary)
+        ("retarget_applied", pa.bool_()),
+        ("retarget_reason", pa.string()),  # why not, when not applied
+        ("retarget_lead_in", pa.int32()),
+        ("retarget_fit_error_px", pa.float64()),  # the photo fit's mean keypoint error
+        ("retarget_observed_joints", pa.int32()),  # SMPL joints whose rotation the photo shows (of 23)
+        ("retarget_transl", pa.list_(pa.float64())),  # the photo person's fitted SMPL translation, camera frame (m)
+        ("retarget_scale", pa.float64()),  # the motion's root trajectory scaled by this (leg-length ratio)
+        ("retarget_betas", pa.list_(pa.float64())),  # the photo person's fitted shape
     ]
 )
 

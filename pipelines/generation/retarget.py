@@ -29,6 +29,7 @@ from models.body_model import NUM_JOINTS, NUM_POSE_PARAMS, BodyModel
 from models.keypoints import FACE_POINT_NAMES, get_layout, keypoint_body
 from models.motion import Motion, motion_from_arrays
 from models.smpl_template import SMPL_PARENTS
+from pipelines.generation.photo import RETARGET_OFF
 from pipelines.preprocess.pose_files import guess_intrinsics
 from pipelines.preprocess.smpl_fit import FitConfig, fit_smpl
 
@@ -86,7 +87,7 @@ def fit_photo(
         raise RetargetError(
             f"retarget: the photo shows {int(seen.sum())} body keypoints with confidence above "
             f"{config.min_confidence}; at least {MIN_KEYPOINTS} (e.g. the shoulders and the nose) are needed to place "
-            "the body; use a photo that shows the person, or retarget: false to drive the motion as it is"
+            f"the body; use a photo that shows the person, or {RETARGET_OFF} to drive the motion as it is"
         )
     K = guess_intrinsics(image_size) if K is None else np.asarray(K, dtype=np.float64)
     try:
@@ -115,6 +116,13 @@ def _leg_length(joints: np.ndarray) -> np.ndarray:
     return np.linalg.norm(joints[:, 0] - (joints[:, L_ANKLE] + joints[:, R_ANKLE]) / 2, axis=-1)
 
 
+def trajectory_scale(body: BodyModel, betas: np.ndarray, source_betas: np.ndarray) -> float:
+    """How much a motion of a body of shape `source_betas` [10] has its root trajectory scaled on a body of `betas`
+    [10]: the ratio of their leg lengths (a taller person takes longer steps)."""
+    legs = _leg_length(_rest_joints(body, np.stack([betas, source_betas]).astype(np.float64)))
+    return float(legs[0] / legs[1])
+
+
 def _lead_in_poses(start: np.ndarray, end: np.ndarray, frames: int) -> np.ndarray:
     """body_pose [frames, 69] going from `start` [69] (frame 0) towards `end` [69] (reached on the frame after),
     each joint along its shortest rotation with a smoothstep weight."""
@@ -132,11 +140,9 @@ def retarget(motion: Motion, fit: PhotoFit, body: BodyModel, lead_in: int = 0) -
         raise RetargetError(f"retarget: lead_in must be >= 0 frames, got {lead_in}")
     photo = fit.motion
     betas = photo.betas[0].astype(np.float64)
-    shapes = np.concatenate([betas[None], motion.betas.astype(np.float64)])
-    rest = _rest_joints(body, shapes)
+    rest = _rest_joints(body, np.concatenate([betas[None], motion.betas.astype(np.float64)]))
     pelvis_rest, source_pelvis_rest = rest[0, 0], rest[1:, 0]
-    legs = _leg_length(rest)
-    scale = legs[0] / legs[1]
+    scale = trajectory_scale(body, betas, motion.betas[0])
     photo_orient = Rotation.from_rotvec(photo.global_orient[0].astype(np.float64))
     photo_pelvis = pelvis_rest + photo.transl[0].astype(np.float64)
     source_orient = Rotation.from_rotvec(motion.global_orient.astype(np.float64))
