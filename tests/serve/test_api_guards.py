@@ -48,6 +48,7 @@ def service(tmp_path) -> JobService:
         "backbones": {"tiny-cogvideox": {"config": "configs/backbones/tiny-cogvideox.yaml", "device": "cpu"}},
         "auth": {"required": False},
         "limits": {"max_body_bytes": 1_000_000, "max_text_field_bytes": 100_000, "max_image_pixels": 256 * 256},
+        "defaults": {"retarget": False},  # no keypoint estimator here (tests/serve/test_api_retarget.py has one)
     })
     backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
     return JobService(config, JobStore(config.storage_uri), backbones, dispatch_nothing, owner="ingress-test")
@@ -65,7 +66,7 @@ def landscape_service(tmp_path) -> JobService:
                                                                                     "resolution: [32, 48]"))
     config = ServeConfig.model_validate({
         "storage_uri": str(tmp_path / "jobs"), "auth": {"required": False},
-        "backbones": {"tiny-landscape": {"config": str(backbone), "device": "cpu"}},
+        "backbones": {"tiny-landscape": {"config": str(backbone), "device": "cpu"}}, "defaults": {"retarget": False},
     })
     backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}
     return JobService(config, JobStore(config.storage_uri), backbones, dispatch_nothing, owner="ingress-test")

@@ -24,10 +24,10 @@ BACKBONES = {
 }
 
 
-def serve_config(tmp_path, **settings) -> ServeConfig:
-    return ServeConfig.model_validate(
-        {"storage_uri": str(tmp_path / "jobs"), "backbones": BACKBONES, "auth": {"required": False}, **settings}
-    )
+def serve_config(tmp_path, defaults: dict | None = None, **settings) -> ServeConfig:
+    defaults = {"retarget": False, **(defaults or {})}  # no keypoint estimator here
+    return ServeConfig.model_validate({"storage_uri": str(tmp_path / "jobs"), "backbones": BACKBONES,
+                                       "auth": {"required": False}, "defaults": defaults, **settings})
 
 
 def upload(frames: int, **fields) -> Upload:

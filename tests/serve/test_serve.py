@@ -35,7 +35,7 @@ def _args(storage: str) -> dict:
         "storage_uri": storage,
         "backbones": {"tiny-cogvideox": {"config": "configs/backbones/tiny-cogvideox.yaml", "device": "cpu"}},
         "noise_options": {"texture_size": 32},
-        "defaults": {"steps": 2, "guidance": 1.0},
+        "defaults": {"steps": 2, "guidance": 1.0, "retarget": False},  # no keypoint estimator here
         "auth": {"required": True, "api_keys": [KEY], "api_keys_env": None},
         "limits": {"max_body_bytes": 1_000_000, "max_image_pixels": 256 * 256, "max_frames": 17, "max_steps": 1000},
         "jobs": {"heartbeat_interval_s": 0.2, "lease_timeout_s": 3, "reconcile_interval_s": 0.5, "max_attempts": 2},

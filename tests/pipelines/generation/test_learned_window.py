@@ -151,7 +151,7 @@ def test_cli_and_http_api_run_whole_windows(backbone_yaml, tmp_path, no_sincos):
 
     config = ServeConfig.model_validate({
         "storage_uri": str(tmp_path / "jobs"), "auth": {"required": False}, "noise_options": {"texture_size": 32},
-        "backbones": {"tiny-17": {"config": str(backbone_yaml), "device": "cpu"}},
+        "backbones": {"tiny-17": {"config": str(backbone_yaml), "device": "cpu"}}, "defaults": {"retarget": False},
     })
     store = JobStore(config.storage_uri)
     backbones = {name: BackboneInfo.load(name, entry) for name, entry in config.backbones.items()}

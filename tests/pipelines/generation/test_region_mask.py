@@ -118,7 +118,7 @@ def test_render_manifest_mask_column(tmp_path):
 
 def test_http_api_mask_upload(tmp_path, outputs):
     config = ServeConfig.model_validate({
-        "storage_uri": str(tmp_path / "jobs"), "auth": {"required": False},
+        "storage_uri": str(tmp_path / "jobs"), "auth": {"required": False}, "defaults": {"retarget": False},
         "backbones": {"tiny-cogvideox": {"config": "configs/backbones/tiny-cogvideox.yaml", "device": "cpu"}},
     })
     store = JobStore(config.storage_uri)
