@@ -296,8 +296,10 @@ def parse_submission(
     seed = fields.get("seed")
     seed = secrets.randbelow(MAX_SEED) if seed is None else int(_number(fields, "seed", 0, 0, MAX_SEED))
     lead_in = _lead_in(fields, config, retargeter, upload)
-    retarget = RetargetSummary.skipped("retarget=false" if upload.has_motion else
-                                       "no motion (a pose video is used as it is)")
+    retarget = RetargetSummary.skipped(
+        "no motion (a pose video is used as it is)" if not upload.has_motion
+        else "the server's defaults.retarget is false" if fields.get("retarget") is None else "retarget=false"
+    )
     try:
         photo = prepare_photo(decode_image(upload.image, limits), backbone.resolution, _photo_options(fields, config),
                               None if retargeter is None else retargeter.estimator, detect=lead_in is not None)
@@ -305,11 +307,11 @@ def parse_submission(
             decode_image(upload.mask, limits, "mask"), photo.intake, backbone.resolution
         )
         motion = decode_motion(upload.motion, upload.motion_json, limits)
-        if lead_in is not None:
-            motion, retarget = retarget_to_photo(photo, motion, retargeter.body, lead_in)
         pose_video, video_fps = (None, None) if upload.pose_video is None else decode_pose_video(
             upload.pose_video, limits, backbone.resolution
         )
+        if lead_in is not None:  # last: the photo fit is the costliest check
+            motion, retarget = retarget_to_photo(photo, motion, retargeter.body, lead_in)
     except RequestError:
         raise
     except ValueError as err:  # the pipeline's and the motion contract's messages name the field
