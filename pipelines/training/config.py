@@ -63,7 +63,8 @@ class DataSettings(_Strict):
 
 
 class OptimizerSettings(_Strict):
-    """AdamW (torch's: no compiled ops) with linear warm-up; per-part learning rates default to `lr`."""
+    """AdamW (torch's: no compiled ops) with linear warm-up, then constant, then (with `decay_steps`) a linear fall
+    to zero over the run's last steps (warmup-stable-decay); per-part learning rates default to `lr`."""
 
     lr: float = Field(1e-4, gt=0, description="LoRA (or full transformer) learning rate")
     padaln_lr: float | None = Field(None, gt=0)
@@ -72,6 +73,11 @@ class OptimizerSettings(_Strict):
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    decay_steps: int = Field(
+        0, ge=0, description="the last optimizer steps of the run, over which the learning rates fall linearly to 0; "
+        "0: constant after warm-up. The schedule depends only on the step, so a run extended before its decay "
+        "starts (max_steps raised, rerun to resume) follows it as a longer run would",
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 turns it off")
 
 

@@ -36,7 +36,7 @@ from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.io.training_rows import TrainingBatch
-from pipelines.training.config import TrainJobConfig
+from pipelines.training.config import OptimizerSettings, TrainJobConfig
 from pipelines.training.metrics import check_sinks
 from pipelines.training.schedule import RowPlan, plan_rows
 from pipelines.training.step import training_step
@@ -177,11 +177,22 @@ def deepspeed_settings(config: TrainJobConfig) -> dict[str, Any]:
     return settings
 
 
-def warmup(steps: int) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
-    """A linear warm-up over `steps` optimizer steps, then the base learning rates."""
+def lr_factor(step: int, warmup_steps: int, decay_steps: int, max_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) over the base rate: a linear warm-up over
+    `warmup_steps`, then 1, then a linear fall over the last `decay_steps` of `max_steps` to 1/decay_steps (the
+    last step still moves)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    decay = min(1.0, (max_steps - step) / decay_steps) if decay_steps else 1.0
+    return min(warm, decay)
+
+
+def lr_schedule(
+    settings: OptimizerSettings, max_steps: int
+) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer settings' warmup-stable-decay schedule (`lr_factor`) for a run of `max_steps`."""
 
     def factor(step: int) -> float:
-        return min(1.0, (step + 1) / steps) if steps else 1.0
+        return lr_factor(step, settings.warmup_steps, settings.decay_steps, max_steps)
 
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -208,7 +219,8 @@ def build_engine(modules: TrainedModules, config: TrainJobConfig) -> Any:
         weight_decay=settings.weight_decay,
     )
     engine, *_ = deepspeed.initialize(
-        model=modules, optimizer=optimizer, lr_scheduler=warmup(settings.warmup_steps), config=deepspeed_settings(config)
+        model=modules, optimizer=optimizer, lr_scheduler=lr_schedule(settings, config.max_steps),
+        config=deepspeed_settings(config),
     )
     return engine
 
