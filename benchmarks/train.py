@@ -77,11 +77,15 @@ def cpu_training(work: Path, steps: int) -> dict[str, object]:
     }
 
 
-def gpu_lora_step(work: Path, steps: int, lora_rank: int) -> dict[str, object]:
+def gpu_lora_step(work: Path, steps: int, lora_rank: int, batch_size: int = 1, device: str = "cuda",
+                  transformer: dict | None = None) -> dict[str, object]:
+    """The LoRA step on one process at the transformer's learned size (`transformer`: a config of the 5B I2V
+    architecture, default the real one; `device` cpu only to check the code path, over gloo)."""
     import torch.distributed as dist
 
-    # benchmarks/generation.py, next to this script
-    from generation import full_size_pipeline
+    # benchmarks/full_size_configs.py and generation.py, next to this script
+    from full_size_configs import COGVIDEOX_5B_I2V
+    from generation import full_size_pipeline, synchronize
 
     from models.backbones import LoraSettings
     from models.body_model import load_body_model
@@ -93,49 +97,54 @@ def gpu_lora_step(work: Path, steps: int, lora_rank: int) -> dict[str, object]:
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "RANK": "0", "WORLD_SIZE": "1",
                        "LOCAL_RANK": "0"}.items():
         os.environ.setdefault(key, value)
-    torch.cuda.set_device(0)
-    dist.init_process_group("nccl", rank=0, world_size=1)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.set_device(0)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
     config = load_config(TrainJobConfig, GPU_CONFIG, {
         "output_dir": work / "gpu",
         "data": {"rows_dir": str(work / "unused")},
-        "batch_size": 1,
+        "batch_size": batch_size,
         "lora": {"rank": lora_rank, "alpha": lora_rank},
-        "resources": {"num_workers": 1, "use_gpu": True, "cpus_per_worker": 1},
+        "resources": {"num_workers": 1, "use_gpu": cuda, "cpus_per_worker": 1},
     })
-    body = load_body_model().to("cuda")
-    adapter = full_size_pipeline(body).adapter
+    body = load_body_model().to(device)
+    adapter = full_size_pipeline(body, device, transformer or COGVIDEOX_5B_I2V).adapter
     adapter.config = adapter.config.model_copy(update={"lora": LoraSettings(rank=lora_rank, alpha=lora_rank)})
     _, modules = build_modules(config, adapter)
     engine = build_engine(modules, config)
 
-    motion = make_demo_motion("walk", 49)
-    operator, render = build_motion_operator(motion, body, NoiseConfig(num_frames=49, height=480, width=720), "cuda")
-    frames = torch.rand(1, 49, 3, 480, 720, generator=torch.Generator().manual_seed(0)).to("cuda") * 2 - 1
+    frames, (height, width) = adapter.num_frames, adapter.resolution
+    motion = make_demo_motion("walk", frames)
+    noise = NoiseConfig(num_frames=frames, height=height, width=width)
+    operator, render = build_motion_operator(motion, body, noise, device)
+    video = torch.rand(batch_size, frames, 3, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
     # Operators on the CPU, where the step's generator draws (as the job's collation puts them).
-    batch = make_training_batch(adapter, frames, ["a person walking"], [(operator.to("cpu"), render)])
+    batch = make_training_batch(adapter, video.to(device), ["a person walking"] * batch_size,
+                                [(operator.to("cpu"), render)] * batch_size)
     # Training reads stored text embeddings: the text encoder and the input video leave the GPU.
     adapter.pipeline.text_encoder.to("cpu")
-    del frames, render
-    torch.cuda.empty_cache()
+    del video, render
+    if cuda:
+        torch.cuda.empty_cache()
     times = []
     for step in range(1, steps + 3):
-        if step == 3:  # two warm-up steps
+        if step == 3 and cuda:  # two warm-up steps
             torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
+        synchronize(device)
         started = time.perf_counter()
         optimizer_step(engine, [batch], config, step, 0)
-        torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - started)
-    peak = torch.cuda.max_memory_allocated() / 2**30
     trained = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
     dist.destroy_process_group()
     return {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if cuda else device,
         "gpu_latents": list(batch.latents.shape),
         "gpu_lora_rank": lora_rank,
         "gpu_trained_parameters": trained,
         "gpu_s_per_step": round(statistics.median(times[2:]), 3),
-        "gpu_peak_memory_gib": round(peak, 2),
+        "gpu_peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "gpu_published_reference_gb": PUBLISHED_LORA_MEMORY_GB,
     }
 

@@ -8,7 +8,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.backbones import BackboneConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
@@ -236,6 +239,28 @@ def _cache_option(text: str) -> Any:
                                          f"({str(err).splitlines()[-1].strip()})") from None
 
 
+def _attention_option(text: str) -> str:
+    """`--attention`: an attention implementation a backbone config's `attention` takes."""
+    from models.backbones.config import GenerationOptions
+
+    try:
+        return GenerationOptions(attention=text).attention
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--attention: {str(err).splitlines()[-1].strip()}") from None
+
+
+def _generation_options(args: argparse.Namespace, backbone: BackboneConfig) -> BackboneConfig:
+    """`backbone` with what --cache, --compile and --attention set."""
+    options: dict[str, Any] = {}
+    if args.cache is not None:
+        options["cache"] = None if args.cache == "off" else args.cache
+    if args.compile is not None:
+        options["compile"] = backbone.compile.model_copy(update={"mode": args.compile})
+    if args.attention is not None:
+        options["attention"] = args.attention
+    return backbone.with_options(**options)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     """Animate a reference image with a motion and/or a pose video; writes an MP4. The motion is retargeted onto the
     photo's person first unless --no-retarget."""
@@ -252,9 +277,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "as it is")
     image = read_image(args.image)
     body = load_body_model(args.smpl_model, args.smpl_uv) if args.smpl_model else None
-    backbone = load_backbone_config(args.backbone)
-    if args.cache is not None:
-        backbone = backbone.model_copy(update={"cache": None if args.cache == "off" else args.cache})
+    backbone = _generation_options(args, load_backbone_config(args.backbone))
     pipeline = AnimationPipeline.from_config(
         backbone, lora=args.lora, padaln=args.padaln, device=_device(args.device), body=body
     )
@@ -473,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")
     generate.add_argument("--cache", type=_cache_option, metavar="first_block:THRESHOLD|off",
                           help="step caching (default: the backbone config's), e.g. first_block:0.1")
+    generate.add_argument("--compile", choices=("blocks", "off"),
+                          help="torch.compile of the repeated DiT block (default: the backbone config's)")
+    generate.add_argument("--attention", type=_attention_option, metavar="NAME",
+                          help="attention implementation (default: the backbone config's, else sdpa): sdpa, "
+                          "sdpa_flash, sdpa_efficient, sdpa_cudnn, sdpa_math; on Wan also flash, flash_3, sage, "
+                          "xformers (their libraries installed)")
     generate.add_argument("--padaln", type=Path, help="folder with padaln.safetensors: pose control through PadaLN")
     generate.add_argument("--lora", type=Path, help="folder with pytorch_lora_weights.safetensors")
     generate.add_argument("--long-video", choices=("blend", "chain"), default="blend",

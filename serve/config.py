@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from models.backbones.config import BackboneConfig, StepCacheSettings, load_backbone_config
+from models.backbones.config import BackboneConfig, GenerationOptions, load_backbone_config
 from models.paths import project_path
 from pipelines.generation.photo import PhotoOptions
 
@@ -103,21 +103,18 @@ class GenerationSettings(DeploymentSettings):
         return options
 
 
-class BackboneEntry(_Strict):
+class BackboneEntry(_Strict, GenerationOptions):
     """A backbone clients may name: its YAML and optional fine-tuned weights."""
 
     config: Path = Field(description="backbone YAML (configs/backbones/)")
     lora: Path | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
     padaln: Path | None = Field(None, description="folder with padaln.safetensors")
     device: str = Field("auto", description="cpu, cuda or auto")
-    cache: StepCacheSettings | None = Field(
-        None, description="step caching, e.g. {kind: first_block, threshold: 0.1}; unset: the backbone config's"
-    )
 
     def backbone_config(self) -> BackboneConfig:
-        """The backbone YAML's config (a relative path under the project root), with this entry's step cache."""
-        backbone = load_backbone_config(project_path(self.config))
-        return backbone if self.cache is None else backbone.model_copy(update={"cache": self.cache})
+        """The backbone YAML's config (a relative path under the project root), with the generation options this
+        entry sets."""
+        return self.applied_to(load_backbone_config(project_path(self.config)))
 
 
 class AuthSettings(_Strict):

@@ -6,11 +6,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from models.noise_warp import DEFAULT_SPATIAL_FACTOR
 from models.paths import ProjectPath
@@ -141,6 +141,40 @@ class StepCacheSettings(BaseModel):
                              "a step reuses the cache; higher is faster and less exact")
 
 
+class CompileSettings(BaseModel):
+    """torch.compile at generation. `blocks`: regional compilation of the repeated DiT block (each block's forward
+    through `torch.compile`; the blocks share one graph, so compile time is one block's, not the transformer's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "blocks"] = "off"
+    backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile's backend; the eager ones compile nothing (debugging)"
+    )
+
+
+# Attention implementations a generation may run: torch SDPA (`sdpa`: torch picks the kernel; `sdpa_<kernel>`: held
+# to one kernel), which both families call, and the libraries of diffusers' attention dispatcher, which only Wan's
+# attention goes through (CogVideoX's processor calls torch SDPA itself).
+SDPA_ATTENTION = ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
+DISPATCHER_ATTENTION = ("flash", "flash_3", "sage", "xformers")
+AttentionBackend = Literal["sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flash", "flash_3",
+                           "sage", "xformers"]
+ATTENTION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "cogvideox": SDPA_ATTENTION, "wan": SDPA_ATTENTION + DISPATCHER_ATTENTION
+}
+
+
+def _no_hub_kernel(value: Any) -> Any:
+    if isinstance(value, str) and value.endswith("_hub"):
+        raise ValueError(f"{value!r} downloads its kernel from the Hugging Face Hub at run time, and nothing here "
+                         f"downloads: install the library and choose one of {list(DISPATCHER_ATTENTION)}")
+    return value
+
+
+AttentionChoice = Annotated[AttentionBackend, BeforeValidator(_no_hub_kernel)]
+
+
 class BackboneConfig(BaseModel):
     """Which backbone to build and how to run it."""
 
@@ -179,6 +213,10 @@ class BackboneConfig(BaseModel):
     )
     cache: StepCacheSettings | None = Field(None, description="step caching at generation; None: every step "
                                             "runs every block (the default until measured on your model)")
+    compile: CompileSettings = Field(default_factory=CompileSettings, description="torch.compile at generation")
+    attention: AttentionChoice = Field(
+        "sdpa", description="attention implementation at generation (pipelines/generation/attention.py)"
+    )
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -221,7 +259,15 @@ class BackboneConfig(BaseModel):
             raise ValueError("path/tiny: set exactly one of `path` (a diffusers-format folder) or `tiny`")
         if self.tiny is not None and self.tiny.image_encoder and self.family != "wan":
             raise ValueError(f"tiny.image_encoder: {self.family} has no image encoder")
+        if self.attention not in ATTENTION_FAMILIES[self.family]:
+            raise ValueError(f"attention: {self.attention!r} goes through diffusers' attention dispatcher, which "
+                             f"{self.family}'s attention does not call (it calls torch SDPA): choose one of "
+                             f"{list(ATTENTION_FAMILIES[self.family])}")
         return self
+
+    def with_options(self, **options: Any) -> BackboneConfig:
+        """This config with `options` (field values) set, validated again (`model_copy` would not)."""
+        return self.model_validate({**dict(self), **options})
 
     @property
     def spec(self) -> VariantSpec:
@@ -247,6 +293,28 @@ class BackboneConfig(BaseModel):
             return vae_spatial_factor(self.tiny.vae)
         path = Path(self.path) / "vae" / "config.json"
         return vae_spatial_factor(json.loads(path.read_text())) if path.is_file() else DEFAULT_SPATIAL_FACTOR
+
+
+class GenerationOptions(BaseModel):
+    """Generation settings that a render job, a Serve backbone entry or the CLI set over a backbone config's (unset:
+    the config's). Training runs without them (`TrainJobConfig.backbone_config`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache: StepCacheSettings | None = Field(
+        None, description="step caching, e.g. {kind: first_block, threshold: 0.1}; unset: the backbone config's"
+    )
+    compile: CompileSettings | None = Field(
+        None, description="torch.compile, e.g. {mode: blocks} or {mode: off}; unset: the backbone config's"
+    )
+    attention: AttentionChoice | None = Field(
+        None, description="attention implementation, e.g. sdpa_flash; unset: the backbone config's"
+    )
+
+    def applied_to(self, backbone: BackboneConfig) -> BackboneConfig:
+        """`backbone` with the options set here."""
+        options = {name: getattr(self, name) for name in GenerationOptions.model_fields}
+        return backbone.with_options(**{name: value for name, value in options.items() if value is not None})
 
 
 def load_backbone_config(path: str | Path) -> BackboneConfig:

@@ -44,6 +44,8 @@ from models.noise_warp import WarpOperator, degrade
 from models.padaln import PadaLN, backbone_padaln, mask_reference
 from models.pose_video import render_pose_video
 from pipelines.articulated_noise import video_noise_operator
+from pipelines.generation.attention import attention_context
+from pipelines.generation.compiled_blocks import compile_blocks
 from pipelines.generation.frames import held_frames, pose_video_pixels, to_model_pixels, to_uint8
 from pipelines.generation.long_video import Window, denoise_windows, plan_windows
 from pipelines.generation.photo import fit_mask, prepare_photo
@@ -114,7 +116,8 @@ class AnimationPipeline:
 
     Components: the backbone adapter (LoRA already loaded, if any), an optional PadaLN (attached to the
     adapter here; untrained, it changes nothing) and the body model that articulated noise and pose renders
-    use (the generated SMPL template unless given).
+    use (the generated SMPL template unless given). The adapter's config says how the transformer runs here: its
+    attention implementation, compiled blocks and step cache (`attention`, `compile`, `cache`).
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class AnimationPipeline:
         """`noise_options` are `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames)."""
         self.adapter = adapter
         self.padaln = None if padaln is None else padaln.attach(adapter)
+        self._attention = attention_context(adapter.config.attention, adapter.device)
+        compile_blocks(adapter.blocks, adapter.config.compile)  # before the cache, whose hooks wrap the blocks
         enable_step_cache(adapter.transformer, adapter.config.cache)
         self._body = body
         self.noise_options = dict(noise_options or {})
@@ -298,7 +303,7 @@ class AnimationPipeline:
         the window for step caching (each window and guidance branch keeps its own cache)."""
         pose = contextlib.nullcontext() if pose_latents is None else self.padaln.pose(pose_latents)
         transformer = self.adapter.transformer
-        with pose:
+        with pose, self._attention():
             if guidance_scale <= 1:
                 with call_site(transformer, site):
                     return self.adapter.predict(latents, t, conditioning).float()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.backbones.config import StepCacheSettings
+from models.backbones.config import GenerationOptions
 from models.paths import ProjectPath, ProjectUri
 from pipelines.articulated_noise import BodyConfig
 from pipelines.generation.photo import Fit, PhotoOptions
@@ -81,7 +81,7 @@ class RenderResources(BaseModel):
     encode: StageResources = Field(StageResources(), description="CPU actors: no process churn per video")
 
 
-class RenderJobConfig(BaseModel):
+class RenderJobConfig(GenerationOptions):
     """The render job: every row of `manifest` -> `output_dir/videos/<id>.mp4` and a metadata row."""
 
     model_config = ConfigDict(extra="forbid")
@@ -93,9 +93,6 @@ class RenderJobConfig(BaseModel):
     backbone: ProjectPath = Field(description="a backbone YAML (configs/backbones/)")
     lora: ProjectPath | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
     padaln: ProjectPath | None = Field(None, description="folder with PadaLN weights: pose control")
-    cache: StepCacheSettings | None = Field(
-        None, description="step caching, e.g. {kind: first_block, threshold: 0.1}; unset: the backbone config's"
-    )
     body: BodyConfig = BodyConfig()
     noise: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig options (texture_size, ...)")
     defaults: RenderDefaults = RenderDefaults()
@@ -111,11 +108,10 @@ class RenderJobConfig(BaseModel):
         return self
 
     def backbone_config(self) -> BackboneConfig:
-        """The backbone YAML's config, with this job's step cache when it sets one."""
+        """The backbone YAML's config, with the generation options this job sets."""
         from models.backbones import load_backbone_config
 
-        backbone = load_backbone_config(self.backbone)
-        return backbone if self.cache is None else backbone.model_copy(update={"cache": self.cache})
+        return self.applied_to(load_backbone_config(self.backbone))
 
     def resolution(self) -> tuple[int, int]:
         """(H, W) of the generated videos, from the backbone config alone (no weights loaded)."""

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.backbones.config import BackboneConfig, LoraSettings
+from models.backbones.config import BackboneConfig, GenerationOptions, LoraSettings
 from models.losses import LossConfig
 from models.paths import PROJECT_ROOT, ProjectPath, ProjectUri, project_path
 
@@ -216,9 +216,12 @@ class TrainJobConfig(_Strict):
         return self
 
     def backbone_config(self) -> BackboneConfig:
-        """The backbone, without step caching: its hooks on the transformer would also catch training's forwards,
-        and validation should show the model, not the cache."""
-        return BackboneConfig.model_validate({**self.backbone, "cache": None})
+        """The backbone with its generation options at their defaults: the step cache's hooks on the transformer
+        would also catch training's forwards, validation should show the model, not the cache, and compiled blocks
+        or another attention implementation would hold for validation only."""
+        defaults = {name: BackboneConfig.model_fields[name].get_default(call_default_factory=True)
+                    for name in GenerationOptions.model_fields}
+        return BackboneConfig.model_validate({**self.backbone, **defaults})
 
     @property
     def micro_batch_size(self) -> int:

@@ -99,8 +99,10 @@ def test_the_cache_is_an_option_of_generate_render_and_serve(tmp_path, capsys) -
     assert BackboneEntry(config=tiny).backbone_config().cache is None
 
 
-def test_training_never_runs_with_the_step_cache() -> None:
+def test_training_never_runs_with_the_generation_options() -> None:
     backbone = {**load_backbone_config(CONFIGS / "tiny-cogvideox.yaml").model_dump(mode="json"),
-                "cache": {"threshold": 0.2}}
+                "cache": {"threshold": 0.2}, "compile": {"mode": "blocks"}, "attention": "sdpa_math"}
     train = load_config(TrainJobConfig, ROOT / "configs/train/tiny-cpu.yaml", {"backbone": backbone})
-    assert train.backbone["cache"] is not None and train.backbone_config().cache is None
+    assert train.backbone["cache"] is not None and train.backbone["compile"]["mode"] == "blocks"
+    trained = train.backbone_config()
+    assert trained.cache is None and trained.compile.mode == "off" and trained.attention == "sdpa"
