@@ -80,3 +80,10 @@ def hostile_files(folder) -> dict[str, bytes]:
         "hls": b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nsecret.mp4\n#EXT-X-ENDLIST\n",
         "file_url": b"\0\0\0\x18ftypisom\0\0\0\0isomfile://" + str(folder / "secret.mp4").encode() + b"\n",
     }
+
+
+def generate_walk(pipeline) -> np.ndarray:
+    """A 9-frame 32x32 walk from a random image, 3 steps with guidance: a quick run of a tiny pipeline."""
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return pipeline(image, "a person walking", make_demo_motion("walk", 9), num_frames=9, num_inference_steps=3,
+                    guidance_scale=3.0, seed=0).frames

@@ -8,12 +8,11 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, generate_walk
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
 from models.body_model import load_body_model
-from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.attention import attention_context
 from pipelines.io.config import ConfigError, validate_config
@@ -29,23 +28,17 @@ def pipeline_with(name: str, body, attention: str = "sdpa") -> AnimationPipeline
     return AnimationPipeline(build_adapter(config), body=body, noise_options={"texture_size": 32})
 
 
-def generate(pipeline: AnimationPipeline) -> np.ndarray:
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    return pipeline(image, "a person walking", make_demo_motion("walk", 9), num_frames=9, num_inference_steps=3,
-                    guidance_scale=3.0, seed=0).frames
-
-
 @pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-wan"])
 def test_cpu_kernels_give_the_default_output_and_the_choice_reaches_the_attention(body, name) -> None:
-    reference = generate(pipeline_with(name, body))
+    reference = generate_walk(pipeline_with(name, body))
     for attention in ("sdpa_math", "sdpa_flash"):  # torch's CPU kernels
-        video = generate(pipeline_with(name, body, attention))
+        video = generate_walk(pipeline_with(name, body, attention))
         assert np.abs(video.astype(int) - reference).max() <= 1, attention
     # Held to a kernel torch has no CPU version of, the transformer's attention fails: the choice reaches it.
     pipeline = pipeline_with(name, body)
     pipeline._attention = partial(sdpa_kernel, [SDPBackend.EFFICIENT_ATTENTION])
     with pytest.raises(RuntimeError, match="No viable backend"):
-        generate(pipeline)
+        generate_walk(pipeline)
 
 
 @pytest.mark.parametrize(("family", "attention", "message"), [

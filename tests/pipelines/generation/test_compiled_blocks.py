@@ -6,14 +6,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, generate_walk
 from torch._dynamo.utils import counters
 
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
 from models.backbones.config import CompileSettings, StepCacheSettings
 from models.body_model import load_body_model
 from models.padaln import PadaLN
-from pipelines.demo.motions import make_demo_motion
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.render_manifest import RenderJobConfig
 from pipelines.io.config import ConfigError, validate_config
@@ -45,20 +44,14 @@ def posed_pipeline(config: BackboneConfig, body) -> AnimationPipeline:
     return AnimationPipeline(adapter, padaln, body, noise_options={"texture_size": 32})
 
 
-def generate(pipeline: AnimationPipeline) -> np.ndarray:
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    return pipeline(image, "a person walking", make_demo_motion("walk", 9), num_frames=9, num_inference_steps=3,
-                    guidance_scale=3.0, seed=0).frames
-
-
 @pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-wan"])
 def test_compiled_blocks_share_one_graph_outside_the_hooks(body, name) -> None:
-    reference = generate(posed_pipeline(tiny_config(name), body))
+    reference = generate_walk(posed_pipeline(tiny_config(name), body))
     torch._dynamo.reset()
     counters.clear()
     compiled = posed_pipeline(tiny_config(name, compile={"mode": "blocks", "backend": "eager"}), body)
     assert all("forward" in vars(block) for block in compiled.adapter.blocks)  # each block's own compiled forward
-    assert np.array_equal(generate(compiled), reference)  # eager backend: the same operations
+    assert np.array_equal(generate_walk(compiled), reference)  # eager backend: the same operations
     # One graph for all blocks, not one per block; PadaLN's hooks (each passes its block's index) are not traced.
     assert 1 <= counters["stats"]["unique_graphs"] <= 2 < BLOCKS
     assert not counters["recompiles"] or max(counters["recompiles"].values()) < BLOCKS
@@ -66,12 +59,12 @@ def test_compiled_blocks_share_one_graph_outside_the_hooks(body, name) -> None:
 
 def test_compiled_blocks_keep_the_step_cache(body) -> None:
     cache = StepCacheSettings(threshold=1.0)
-    uncached = generate(posed_pipeline(tiny_config("tiny-cogvideox"), body))
-    cached = generate(posed_pipeline(tiny_config("tiny-cogvideox", cache=cache), body))
+    uncached = generate_walk(posed_pipeline(tiny_config("tiny-cogvideox"), body))
+    cached = generate_walk(posed_pipeline(tiny_config("tiny-cogvideox", cache=cache), body))
     assert not np.array_equal(cached, uncached)  # steps were cached...
     compile_settings = {"mode": "blocks", "backend": "eager"}
     compiled = posed_pipeline(tiny_config("tiny-cogvideox", cache=cache, compile=compile_settings), body)
-    assert np.array_equal(generate(compiled), cached)  # ...and the same ones with compiled blocks
+    assert np.array_equal(generate_walk(compiled), cached)  # ...and the same ones with compiled blocks
 
 
 def test_inductor_compiled_blocks_match(body) -> None:
