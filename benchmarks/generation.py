@@ -8,7 +8,12 @@ denoising and decoding, since windows run one at a time.
 The full-size GPU figures (the CogVideoX-5B-I2V transformer with random weights: step time, MFU, memory, PadaLN,
 step caching, compiled blocks) are benchmarks/gpu.py's, built from this script's `full_size_pipeline`.
 
-    python benchmarks/generation.py [--steps 8]
+Then, on the trained toy model shipped in weights/toy-cogvideox (when there), speed against quality per setting:
+caching off, First Block Cache at 3 thresholds and compiled blocks, on held-out synthetic people rendered in memory
+(`benchmarks/step_cache.py`'s measurement: seconds per video, speed-up, PSNR against the uncached video for the same
+noise, silhouette IoU against the truth), with `cache_speedup` / `cache_psnr_db` of the recommended cache setting.
+
+    python benchmarks/generation.py [--steps 8] [--toy-clips 4]
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from full_size_configs import COGVIDEOX_5B_I2V  # next to this script
+from step_cache import measure as measure_step_cache  # next to this script
 
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
+from models.body_model import load_body_model
 from pipelines.demo.motions import make_demo_motion
+from pipelines.demo.synth import SIZE, draw_clip
+from pipelines.evaluation.heldout import render_heldout_clip
 from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.long_video import plan_windows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbones"
+TOY = CONFIGS / "toy-cogvideox.yaml"
+TOY_THRESHOLDS = [0.05, 0.1, 0.2]
 
 
 def timed_generation(pipeline: AnimationPipeline, image: np.ndarray, motion, frames: int, steps: int,
@@ -138,15 +149,34 @@ def full_size_pipeline(body, device: str = "cuda", transformer: dict = COGVIDEOX
     return AnimationPipeline(CogVideoXAdapter(CogVideoXImageToVideoPipeline(**components), config, device), body=body)
 
 
+def toy_speed_quality(count: int) -> dict:
+    """Step caching and compiled blocks on the shipped toy model, `count` held-out people (the synthetic test
+    split's first clips, rendered in memory); `toy_note` instead when no model is shipped."""
+    config = load_backbone_config(TOY)
+    if not (config.path / "variants" / "shipped.json").is_file():
+        return {"toy_note": f"no trained model in {config.path}: step caching and compile not measured"}
+    body = load_body_model()
+    clips = [render_heldout_clip(draw_clip(0, "test", index, config.num_frames, SIZE), body, config.resolution)
+             for index in range(count)]
+    measured = measure_step_cache(config, clips, body, TOY_THRESHOLDS, compile_blocks=True)
+    return {"toy_" + key if key in ("model", "clips", "settings", "recommended") else key: value
+            for key, value in measured.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per timed generation (>= 2)")
+    parser.add_argument("--toy-clips", type=int, default=4, help="held-out people for the toy model's settings "
+                        "(0: skip them)")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be >= 2: a step is timed between two progress callbacks")
     torch.set_num_threads(1)
     result = {"benchmark": "generation", "cpu_threads": 1, "steps": args.steps, **cpu_long_video(args.steps),
               **cpu_memory(args.steps)}
+    if args.toy_clips:
+        torch.set_num_threads(2)  # as the toy's own figures (README) were measured
+        result.update(toy_speed_quality(args.toy_clips))
     print(json.dumps(result))
 
 
