@@ -46,7 +46,7 @@ class Correspondence:
         """(frame, row, col, row', col') of body cells whose centre point is visible in the next frame."""
         face = render.face_id[:, centre::factor, centre::factor]
         bary = render.bary[:, centre::factor, centre::factor]
-        num_frames, height, width = face.shape
+        num_frames = face.shape[0]
         pairs = []
         for frame in range(num_frames - 1):
             rows, cols = torch.nonzero(face[frame] >= 0, as_tuple=True)

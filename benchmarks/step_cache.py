@@ -57,7 +57,8 @@ def measure(config: BackboneConfig, clips: list[HeldOutClip], body, thresholds: 
             steps: int | None = None, compile_blocks: bool = False) -> dict:
     """Every setting on every clip (same seed per clip): seconds per video, speed-up against off, share of DiT block
     runs, PSNR against off's video and silhouette IoU against the truth; the recommended cache setting (the fastest
-    that skips blocks, with >= 30 dB against off and IoU within 0.01 of off's) as `cache_speedup` / `cache_psnr_db` (None if none)."""
+    that skips blocks, with >= 30 dB against off and IoU within 0.01 of off's) as `cache_speedup` /
+    `cache_psnr_db` (None if none)."""
     options = settings_to_measure(thresholds, compile_blocks)
     pipelines = {name: counted_pipeline(config, option, body) for name, option in options.items()}
     warmup_s = {}
