@@ -19,7 +19,7 @@ Per clip `<stem>` in the output folder (`pipelines.io.manifest` lists them as a 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,6 +151,13 @@ def first_clip_of(seed: int, split: Split, motion: str, num_frames: int, size: t
     while (spec := draw_clip(seed, split, index, num_frames, size)).motion != motion:
         index += 1
     return spec
+
+
+def cross_spec(person: ClipSpec, driver: ClipSpec) -> ClipSpec:
+    """`person`'s look (shape, clothes, background, frame size) in `driver`'s action, parameters and length: what a
+    retargeting cross pair's truth shows (rendered with the driver's motion retargeted onto the person)."""
+    return replace(person, stem=f"{person.stem}+{driver.stem}", motion=driver.motion,
+                   motion_params=driver.motion_params, num_frames=driver.num_frames)
 
 
 def synth_motion(spec: ClipSpec) -> Motion:

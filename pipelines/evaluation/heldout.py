@@ -10,7 +10,7 @@ demo draws its inputs with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +76,15 @@ def load_heldout_clips(folder: str | Path, size: tuple[int, int], num_frames: in
     return [load_heldout_clip(video, size, num_frames) for video in videos]
 
 
-def render_heldout_clip(spec: ClipSpec, body: BodyModel, size: tuple[int, int]) -> HeldOutClip:
-    """A clip drawn with `pipelines.demo.synth.draw_clip`, rendered in memory at its own size, then at `size`."""
-    motion = synth_motion(spec)
-    frames, _, background = render_clip(spec, body, motion)
+def render_heldout_clip(spec: ClipSpec, body: BodyModel, size: tuple[int, int],
+                        motion: Motion | None = None) -> HeldOutClip:
+    """A clip drawn with `pipelines.demo.synth.draw_clip`, rendered in memory at its own size, then at `size`: the
+    spec's person performing its own motion, or `motion` (all its frames), which must be seen in the spec's frame
+    size (e.g. another motion retargeted onto the spec's person: a retargeting cross pair's truth)."""
+    motion = motion or synth_motion(spec)
+    if tuple(motion.image_size) != tuple(spec.size):
+        raise ValueError(f"motion: seen in {list(motion.image_size)} but {spec.stem} renders at {list(spec.size)}")
+    frames, _, background = render_clip(replace(spec, num_frames=motion.num_frames), body, motion)
     return _clip(spec.stem, frames, background, motion, spec.caption(), size)
 
 

@@ -10,7 +10,9 @@ from scipy.spatial.transform import Rotation
 from models.body_model import load_body_model
 from models.keypoints import COCO17, keypoint_body, motion_keypoints2d
 from models.motion import Motion
-from pipelines.demo.synth import draw_clip, first_clip_of, synth_motion
+from pipelines.demo.synth import cross_spec, draw_clip, first_clip_of, synth_motion
+from pipelines.demo.synth_motions import ACTIONS
+from pipelines.evaluation.heldout import render_heldout_clip
 from pipelines.generation.retarget import PhotoFit, RetargetError, fit_photo, observed_joints, retarget
 from pipelines.preprocess.smpl_fit import FitConfig
 
@@ -114,6 +116,21 @@ def test_without_lead_in_the_motion_starts_at_the_photo_person(body, photo_perso
     np.testing.assert_allclose(pelvis, true_pelvis, atol=1e-4)
     with pytest.raises(RetargetError, match="lead_in"):
         retarget(walk, truth, body, lead_in=-1)
+
+
+def test_a_cross_pair_truth_clip_starts_as_the_photo(body, photo_person):
+    """The IoU part of benchmarks/retarget.py: person A performing B's motion retargeted onto A's true parameters,
+    rendered at the model's size; after the lead-in frame 0 is A's own first frame, the reference photo."""
+    person, driver = draw_clip(0, "test", 1, 1, SIZE), first_clip_of(0, "test", "walk", 6, SIZE)
+    truth = retarget(synth_motion(driver), PhotoFit(photo_person, np.ones(23, dtype=bool), 0.0), body, LEAD_IN)
+    clip = render_heldout_clip(cross_spec(person, driver), body, (64, 96), truth)
+    photo = render_heldout_clip(person, body, (64, 96)).image
+    assert clip.truth.shape == (6 + LEAD_IN, 64, 96, 3)
+    assert np.abs(clip.image.astype(int) - photo.astype(int)).mean() < 0.5
+    assert np.abs(clip.truth[-1].astype(int) - photo.astype(int)).mean() > 2  # then it walks
+    assert clip.caption == person.caption().replace(ACTIONS[person.motion], ACTIONS["walk"])  # A's look, B's action
+    with pytest.raises(ValueError, match="motion: seen in"):
+        render_heldout_clip(person, body, (64, 96), synth_motion(first_clip_of(0, "test", "walk", 6, (48, 72))))
 
 
 @pytest.mark.parametrize("crop", list(CROPS))
