@@ -8,6 +8,8 @@ every variant without training; one of them is also the folder's own `transforme
     <backbone>/variants/<name>/variant.json  how it was trained and how it generates (`VariantInfo`)
     <backbone>/variants/shipped.json         which variant is the folder's own transformer
     <backbone>/padaln/padaln.safetensors     its PadaLN, when it has one (generation loads it with the transformer)
+    <backbone>/vae/                          halved to float16 by `--default` too (the largest shared part; generation
+                                             loads it at the backbone config's dtype)
 
 The motion decoder (JAML) is left out: generation does not use it.
 """
@@ -30,6 +32,7 @@ VARIANTS_DIR = "variants"
 VARIANT_FILE = "variant.json"
 DEFAULT_FILE = "shipped.json"  # {"name": the variant that is the folder's own transformer}
 TRANSFORMER_DIR = "transformer"
+VAE_DIR = "vae"
 
 
 @dataclass
@@ -54,15 +57,18 @@ def _half_copy(source: Path, target: Path) -> None:
 
 
 def _half_folder(source: Path, target: Path) -> None:
-    """A diffusers model folder with its safetensors weights in float16 (its config copied unchanged)."""
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    """A diffusers model folder with its safetensors weights in float16 (its config copied unchanged); `target` may
+    be `source` (written beside it, then swapped in)."""
+    staging = target.with_name(target.name + ".half")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for path in sorted(source.iterdir()):
         if path.suffix == ".safetensors":
-            _half_copy(path, target / path.name)
+            _half_copy(path, staging / path.name)
         elif path.is_file():
-            shutil.copy2(path, target / path.name)
+            shutil.copy2(path, staging / path.name)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def variant_from_run(config: TrainJobConfig, config_path: str | Path, name: str) -> VariantInfo:
@@ -81,7 +87,8 @@ def variant_from_run(config: TrainJobConfig, config_path: str | Path, name: str)
 
 def ship_variant(export: str | Path, backbone: str | Path, info: VariantInfo, default: bool = False) -> Path:
     """Copy a full fine-tune's export (its `transformer/`, and `padaln.safetensors` when trained with PadaLN)
-    into `backbone/variants/<name>` in float16; with `default`, also make it (and its PadaLN) the folder's own."""
+    into `backbone/variants/<name>` in float16; with `default`, also make it (and its PadaLN) the folder's own, and
+    store the folder's VAE in float16."""
     export, backbone = Path(export), Path(backbone)
     if not (export / TRANSFORMER_DIR / "config.json").is_file():
         raise FileNotFoundError(f"export: no {TRANSFORMER_DIR}/ in {export}; a `finetune: full` run exports it")
@@ -99,6 +106,7 @@ def ship_variant(export: str | Path, backbone: str | Path, info: VariantInfo, de
         if info.padaln:
             _half_copy(export / PADALN_WEIGHTS_NAME, backbone / BACKBONE_PADALN_DIR / PADALN_WEIGHTS_NAME)
         (backbone / VARIANTS_DIR / DEFAULT_FILE).write_text(json.dumps({"name": info.name}) + "\n")
+        _half_folder(backbone / VAE_DIR, backbone / VAE_DIR)
     return folder
 
 

@@ -65,6 +65,9 @@ def test_variants_ship_in_float16_and_load_back(backbone, capsys):
                for key, value in exported.items())
     assert load_file(folder / PADALN_WEIGHTS_NAME)[next(iter(load_file(folder / PADALN_WEIGHTS_NAME)))].dtype == \
         torch.float16
+    # --default also stores the folder's VAE in float16, and it still loads at the config's dtype
+    assert {value.dtype for value in load_file(root / "toy" / "vae" / WEIGHTS).values()} == {torch.float16}
+    assert not (root / "toy" / "vae.half").exists()
     # the folder's own transformer is the default variant's
     own = load_file(root / "toy" / "transformer" / WEIGHTS)
     assert all(torch.equal(own[key], value) for key, value in load_file(variants["plain"][0] / "transformer" / WEIGHTS).items())
