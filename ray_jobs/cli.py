@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "preprocess" / "demo.yaml"
-DEFAULT_BACKBONE = REPO_ROOT / "configs" / "backbones" / "tiny-cogvideox.yaml"
+DEFAULT_BACKBONE = REPO_ROOT / "configs" / "backbones" / "toy-cogvideox.yaml"  # the toy trained here
 SERVE_CONFIG = REPO_ROOT / "configs" / "serve" / "local.yaml"
 
 
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--negative-prompt", default="", help="classifier-free guidance against this ('' = empty)")
     generate.add_argument("--out", type=Path, required=True, help="output MP4")
     generate.add_argument(
-        "--backbone", type=Path, default=DEFAULT_BACKBONE, help="backbone YAML (default: tiny CogVideoX)"
+        "--backbone", type=Path, default=DEFAULT_BACKBONE, help="backbone YAML (default: the toy CogVideoX trained here)"
     )
     generate.add_argument("--frames", type=int, help="video frames (default: as many as the motion/pose video allows)")
     generate.add_argument("--steps", type=int,

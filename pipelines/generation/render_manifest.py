@@ -52,9 +52,9 @@ class RenderDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_frames: int | None = Field(None, ge=1, description="None: the longest count the driving input allows")
-    steps: int | None = Field(None, ge=1, description="denoising steps; None: the backbone family's")
+    steps: int | None = Field(None, ge=1, description="denoising steps; None: the backbone config's, else its family's")
     guidance: float | None = Field(
-        None, ge=1, description="classifier-free guidance scale (1 = off); None: the backbone family's"
+        None, ge=1, description="classifier-free guidance scale (1 = off); None: the backbone config's, else its family's"
     )
     gamma: float = Field(0.5, ge=0, le=1, description="articulated-noise degradation")
     seed: int = 0
