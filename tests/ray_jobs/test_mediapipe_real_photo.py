@@ -75,3 +75,35 @@ def test_photo_intake_crops_around_the_astronaut_found_by_blazepose(ray_local) -
     nose_x, nose_y = EXPECTED[0][0] - 60, EXPECTED[0][1]
     assert intake["y0"] <= nose_y < intake["y0"] + intake["height"] and 0 <= nose_x < 300
     assert keypoints.shape == (17, 3) and 0 <= keypoints[0, 1] < 32 and keypoints[0, 2] > 0.5
+
+
+# The same photo's nose and shoulders marked by hand (looking at the image, not at any estimator's output), pixels
+HAND_MARKED = {0: (222, 126), 5: (312, 252), 6: (105, 245)}
+RETARGET_TOLERANCE_PX = 30  # 6% of the photo: SMPL's joints are not BlazePose's, and one photo fixes no depth
+
+
+def _retargeted_frame0(photo: np.ndarray, lead_in: int) -> np.ndarray:
+    """The demo walk retargeted onto the photo's person (BlazePose keypoints, the single-image SMPL fit): its frame
+    0's COCO-17 keypoints projected into the photo (output size = the photo's, `fit: centre`: the identity box)."""
+    from models.body_model import load_body_model
+    from models.keypoints import COCO17, motion_keypoints2d
+    from pipelines.demo.motions import make_demo_motion
+    from pipelines.generation.photo import PhotoOptions, prepare_photo
+    from pipelines.generation.photo_retarget import retarget_to_photo
+
+    options = PhotoOptions(fit="centre", detector={"keypoint_backend": "mediapipe"})
+    prepared = prepare_photo(photo, photo.shape[:2], options, detect=True)
+    body = load_body_model()
+    motion, _ = retarget_to_photo(prepared, make_demo_motion("walk", 25), body, lead_in)
+    return motion_keypoints2d(body, motion.slice(0, 1), COCO17)[0]
+
+
+def test_a_motion_retargeted_onto_the_astronaut_starts_where_she_is(ray_local) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = np.ascontiguousarray(skimage_data.astronaut()[:480, :480])
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    task = ray.remote(_retargeted_frame0).options(num_cpus=0.5, runtime_env=MEDIAPIPE_RUNTIME_ENV)
+    keypoints = ray.get(task.remote(photo, 8))
+    for joint, marked in HAND_MARKED.items():
+        distance = float(np.linalg.norm(keypoints[joint] - np.array(marked)))
+        assert distance < RETARGET_TOLERANCE_PX, (joint, keypoints[joint].tolist(), marked)
