@@ -28,14 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import torch
 
 from models.backbones import BackboneConfig, load_backbone_config, sampling_defaults
 from models.body_model import BodyModel, load_body_model
 from models.keypoints import COCO17, motion_keypoints2d
 from models.motion import Motion
+from pipelines.demo.preview import side_by_side
 from pipelines.demo.synth import ClipSpec, cross_spec, draw_clip, synth_motion
-from pipelines.evaluation.heldout import render_heldout_clip, score_video, variant_pipeline
+from pipelines.evaluation.heldout import HeldOutClip, render_heldout_clip, score_video, variant_pipeline
+from pipelines.evaluation.metrics import silhouettes
 from pipelines.generation.retarget import PhotoFit, fit_photo, retarget
 from pipelines.training.ship import default_variant
 
@@ -93,10 +96,24 @@ def shipped_model_note(config: BackboneConfig) -> str | None:
     return None
 
 
+def write_strip(path: Path, clip: HeldOutClip, given: np.ndarray, retargeted: np.ndarray, generated: np.ndarray,
+                frames: tuple[int, ...] = (0, 8, 16, 24)) -> None:
+    """Rows: a few frames; columns: the photo | motion B as given (A's look on B's body where B's camera puts it) |
+    the retargeted body over the photo (half transparent) | the video generated from it | the truth."""
+    picked = list(frames)
+    body = silhouettes(retargeted, clip.background)[..., None]
+    over = np.where(body, (retargeted.astype(np.uint16) + clip.image) // 2, clip.image).astype(np.uint8)
+    panels = [clip.image, given[picked], over[picked], generated[picked], clip.truth[picked]]
+    rows = side_by_side([panel if panel.ndim == 4 else np.stack([panel] * len(picked)) for panel in panels])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(np.concatenate(list(rows), axis=0)).save(path)
+
+
 def generated_ious(backbone: Path, pairs: list[CrossPair], estimates: list[Motion], body: BodyModel,
-                   steps: int | None) -> dict[str, float | int | str | bool]:
+                   steps: int | None, strip: Path | None = None) -> dict[str, float | int | str | bool]:
     """Mean silhouette IoU of the shipped variant's videos against each pair's truth video, driven by the
-    retargeted estimate and by B as given (same seed per pair; the module docstring says how), with the settings."""
+    retargeted estimate and by B as given (same seed per pair; the module docstring says how), with the settings;
+    `strip`: the first pair's picture strip (`write_strip`) written there."""
     config = load_backbone_config(backbone)
     variant = default_variant(config.path)
     pipeline, info = variant_pipeline(backbone, variant, body)
@@ -107,10 +124,16 @@ def generated_ious(backbone: Path, pairs: list[CrossPair], estimates: list[Motio
     for index, (pair, estimate) in enumerate(zip(pairs, estimates)):
         clip = render_heldout_clip(cross_spec(pair.person, pair.driver), body, config.resolution,
                                    pair.truth.slice(0, num_frames))
+        videos = {}
         for key, motion in (("iou_retargeted", estimate), ("iou_raw", pair.motion)):
-            frames = pipeline(clip.image, clip.caption, motion, num_frames=num_frames, num_inference_steps=steps,
-                              guidance_scale=guidance, seed=index, articulated_noise=info.articulated_noise).frames
-            scores[key].append(score_video(frames, clip)["silhouette_iou"])
+            videos[key] = pipeline(clip.image, clip.caption, motion, num_frames=num_frames, num_inference_steps=steps,
+                                   guidance_scale=guidance, seed=index, articulated_noise=info.articulated_noise).frames
+            scores[key].append(score_video(videos[key], clip)["silhouette_iou"])
+        if strip is not None and index == 0:
+            spec = cross_spec(pair.person, pair.driver)
+            given, retargeted = (render_heldout_clip(spec, body, config.resolution, motion.slice(0, num_frames)).truth
+                                 for motion in (pair.motion, estimate))
+            write_strip(strip, clip, given, retargeted, videos["iou_retargeted"])
     return {**{key: round(float(np.mean(values)), 4) for key, values in scores.items()},
             "variant": variant, "articulated_noise": info.articulated_noise, "steps": steps,
             "guidance_scale": guidance, "num_frames": num_frames, "generate_pairs": len(pairs)}
@@ -128,6 +151,7 @@ def main() -> None:
     parser.add_argument("--generate-pairs", type=int, default=8, help="pairs (the first) the IoU part generates")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the backbone config's)")
     parser.add_argument("--no-generate", action="store_true", help="skip the IoU part")
+    parser.add_argument("--strip", type=Path, help="with the IoU part: the first pair's picture strip (PNG)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_backbone_config(args.backbone)
@@ -162,7 +186,7 @@ def main() -> None:
     }
     note = shipped_model_note(config) if generate else "not asked for (--no-generate or --generate-pairs 0)"
     if note is None:
-        iou = generated_ious(args.backbone, pairs[:generate], full_estimates[:generate], body, args.steps)
+        iou = generated_ious(args.backbone, pairs[:generate], full_estimates[:generate], body, args.steps, args.strip)
     else:
         iou = {"iou_retargeted": None, "iou_raw": None, "iou_note": note}
     print(json.dumps({
