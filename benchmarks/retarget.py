@@ -16,7 +16,7 @@ motion B as given, with B's shape, placement and camera (`iou_raw`); each is the
 truth video over pairs and frames. Without a shipped model (or with `--no-generate`) both are null, with a note.
 
     python benchmarks/retarget.py [--pairs 8] [--frames 49] [--lead-in 8] [--noise-px 0.5]
-        [--backbone configs/backbones/toy-cogvideox.yaml] [--generate-pairs 8] [--steps N] [--no-generate]
+        [--backbone configs/backbones/toy-cogvideox.yaml] [--generate-pairs 8] [--steps N] [--no-generate] [--strip PNG]
 """
 
 from __future__ import annotations
