@@ -234,11 +234,13 @@ def test_generate_command_writes_the_requested_frames(tmp_path, body, image, cap
     PIL.Image.fromarray(image).save(tmp_path / "person.png")
     common = ["generate", "--image", str(tmp_path / "person.png"), "--prompt", "a person walking", "--steps", "1",
               "--no-retarget"]
+    # the default backbone: the toy model shipped in weights/ (64x96)
     main([*common, "--motion", str(motion_path), "--frames", "25", "--out", str(tmp_path / "out.mp4")])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 25
     frames, fps = read_video(tmp_path / "out.mp4")
-    assert frames.shape == (25, 32, 32, 3) and fps == 24
+    assert frames.shape == (25, 64, 96, 3) and fps == 24
+    common += ["--backbone", str(CONFIGS / "tiny-cogvideox.yaml")]
 
     # Pose control from a skeleton video file with PadaLN and LoRA weights, no motion, i.i.d. noise.
     adapter = AnimationPipeline.from_config(CONFIGS / "tiny-cogvideox.yaml").adapter
