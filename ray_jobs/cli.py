@@ -267,7 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from models.backbones import load_backbone_config
     from models.body_model import load_body_model
     from pipelines.generation.animation import AnimationPipeline
-    from pipelines.generation.photo import prepare_photo, read_image
+    from pipelines.generation.photo import fit_mask, prepare_photo, read_image
     from pipelines.generation.photo_retarget import RetargetSummary, retarget_to_photo
     from pipelines.io.motion import load_motion
 
@@ -302,7 +302,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         window_overlap=args.overlap,
         window_condition=args.window_condition,
         output_path=args.out,
-        mask=args.mask,
+        # drawn on the photo: fitted with the photo's own box (the pipeline gets the photo already fitted)
+        mask=None if args.mask is None else fit_mask(args.mask, photo.intake, pipeline.adapter.resolution),
     )
     frames, height, width, _ = output.frames.shape
     print(json.dumps({"out": str(args.out), "frames": frames, "height": height, "width": width, "fps": output.fps,

@@ -83,7 +83,7 @@ def test_generate_command_takes_a_mask(tmp_path, capsys, outputs):
     png(MASK, tmp_path / "mask.png")
     save_motion(tmp_path / "walk.npz", make_demo_motion("walk", 9))
     common = ["generate", "--motion", str(tmp_path / "walk.npz"), "--steps", "1", "--seed", "0", "--prompt", "",
-              "--no-retarget"]
+              "--no-retarget", "--backbone", str(CONFIGS / "tiny-cogvideox.yaml")]
     main([*common, "--image", str(tmp_path / "person.png"), "--mask", str(tmp_path / "mask.png"),
           "--out", str(tmp_path / "masked.mp4")])
     main([*common, "--image", str(tmp_path / "blanked.png"), "--out", str(tmp_path / "blanked.mp4")])
@@ -91,6 +91,10 @@ def test_generate_command_takes_a_mask(tmp_path, capsys, outputs):
     masked, blanked, plain = outputs
     assert np.array_equal(masked, blanked) and not np.array_equal(masked, plain)
     assert read_video(tmp_path / "masked.mp4")[0].shape == (9, 32, 32, 3)
+    # a photo and its mask of another size than the output (the default backbone, the shipped toy, is 64x96)
+    main([*common[:-2], "--image", str(tmp_path / "person.png"), "--mask", str(tmp_path / "mask.png"),
+          "--out", str(tmp_path / "toy.mp4")])
+    assert read_video(tmp_path / "toy.mp4")[0].shape == (9, 64, 96, 3)
     with pytest.raises(SystemExit):
         main([*common, "--image", str(tmp_path / "person.png"), "--mask", str(tmp_path / "none.png"),
               "--out", str(tmp_path / "x.mp4")])
