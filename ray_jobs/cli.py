@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """The embedded default, three Ray jobs on a local Ray: the demo inputs (held-out synthetic people, their
     motions, ground truth and a render manifest); the motions' articulated-noise operators and previews
-    (preprocess); one video per manifest row from the tiny random-weight backbone (render), with a side-by-side
+    (preprocess); one video per manifest row from the toy model trained here (render), with a side-by-side
     preview each (reference | generated | ground truth); the videos scored against the ground truth (evaluate)."""
     from pipelines.demo.manifest import DEMO_ROWS, write_demo_manifest
     from pipelines.demo.preview import write_preview
@@ -532,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
-    demo.add_argument("--frames", type=int, default=97, help="frames per demo motion and video (49-frame windows)")
+    demo.add_argument("--frames", type=int, default=97,
+                      help="frames per demo motion and video (the toy model's 25-frame windows)")
     demo.set_defaults(func=cmd_demo)
 
     serve = commands.add_parser("serve", help=cmd_serve.__doc__)
