@@ -81,7 +81,7 @@ def render_heldout_clip(spec: ClipSpec, body: BodyModel, size: tuple[int, int],
     """A clip drawn with `pipelines.demo.synth.draw_clip`, rendered in memory at its own size, then at `size`: the
     spec's person performing its own motion, or `motion` (all its frames), which must be seen in the spec's frame
     size (e.g. another motion retargeted onto the spec's person: a retargeting cross pair's truth)."""
-    motion = motion or synth_motion(spec)
+    motion = synth_motion(spec) if motion is None else motion
     if tuple(motion.image_size) != tuple(spec.size):
         raise ValueError(f"motion: seen in {list(motion.image_size)} but {spec.stem} renders at {list(spec.size)}")
     frames, _, background = render_clip(replace(spec, num_frames=motion.num_frames), body, motion)

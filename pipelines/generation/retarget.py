@@ -116,11 +116,16 @@ def _leg_length(joints: np.ndarray) -> np.ndarray:
     return np.linalg.norm(joints[:, 0] - (joints[:, L_ANKLE] + joints[:, R_ANKLE]) / 2, axis=-1)
 
 
+def _leg_ratio(rest: np.ndarray) -> float:
+    """The leg length of rest joints `rest[0]` over that of `rest[1]` (rest joints [N >= 2, J, 3])."""
+    legs = _leg_length(rest[:2])
+    return float(legs[0] / legs[1])
+
+
 def trajectory_scale(body: BodyModel, betas: np.ndarray, source_betas: np.ndarray) -> float:
     """How much a motion of a body of shape `source_betas` [10] has its root trajectory scaled on a body of `betas`
     [10]: the ratio of their leg lengths (a taller person takes longer steps)."""
-    legs = _leg_length(_rest_joints(body, np.stack([betas, source_betas]).astype(np.float64)))
-    return float(legs[0] / legs[1])
+    return _leg_ratio(_rest_joints(body, np.stack([betas, source_betas]).astype(np.float64)))
 
 
 def _lead_in_poses(start: np.ndarray, end: np.ndarray, frames: int) -> np.ndarray:
@@ -142,7 +147,7 @@ def retarget(motion: Motion, fit: PhotoFit, body: BodyModel, lead_in: int = 0) -
     betas = photo.betas[0].astype(np.float64)
     rest = _rest_joints(body, np.concatenate([betas[None], motion.betas.astype(np.float64)]))
     pelvis_rest, source_pelvis_rest = rest[0, 0], rest[1:, 0]
-    scale = trajectory_scale(body, betas, motion.betas[0])
+    scale = _leg_ratio(rest)  # trajectory_scale, from the rest joints already posed
     photo_orient = Rotation.from_rotvec(photo.global_orient[0].astype(np.float64))
     photo_pelvis = pelvis_rest + photo.transl[0].astype(np.float64)
     source_orient = Rotation.from_rotvec(motion.global_orient.astype(np.float64))
