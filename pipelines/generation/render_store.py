@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-from pipelines.io.filesystem import child_uri, exists, resolve_uri
+from pipelines.io.filesystem import child_uri, exists, resolve_uri, write_text
 from pipelines.io.video import write_video
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,7 @@ class RenderStore:
         return self.video_uri(item_id)
 
     def write_text(self, name: str, text: str) -> None:
-        self.filesystem.create_dir(self.root, recursive=True)
-        with self.filesystem.open_output_stream(self.path(name)) as stream:
-            stream.write(text.encode())
+        write_text(self.filesystem, self.path(name), text)
 
     def _parts(self) -> list[str]:
         selector = pyarrow.fs.FileSelector(self.path(PARTS_DIR), allow_not_found=True)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.io.filesystem import resolve_uri
+from pipelines.io.filesystem import resolve_uri, write_text
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 RESOLVED_CONFIG_NAME = "config.resolved.yaml"
@@ -52,10 +52,8 @@ def write_resolved_config(config: BaseModel, output_dir: str | Path) -> str:
     """Write the fully resolved config (defaults filled in) as `output_dir/config.resolved.yaml`; `output_dir` is a
     local path or a pyarrow filesystem URI. Returns the file's path on its filesystem."""
     filesystem, root = resolve_uri(str(output_dir))
-    filesystem.create_dir(root, recursive=True)
     path = f"{root}/{RESOLVED_CONFIG_NAME}"
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+    write_text(filesystem, path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return path
 
 

@@ -29,3 +29,10 @@ def child_uri(uri: str, *parts: str) -> str:
 
 def exists(filesystem: pyarrow.fs.FileSystem, path: str) -> bool:
     return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def write_text(filesystem: pyarrow.fs.FileSystem, path: str, text: str) -> None:
+    """`text` into the file `path` (UTF-8), creating its folder."""
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())

@@ -24,7 +24,7 @@ from models.backbones.base import Conditioning
 from models.noise_warp import WarpOperator
 from pipelines.io.arrow_arrays import list_column, tensor_column
 from pipelines.io.config import RESOLVED_CONFIG_NAME
-from pipelines.io.filesystem import exists, resolve_uri
+from pipelines.io.filesystem import exists, resolve_uri, write_text
 from pipelines.io.operator_columns import OPERATOR_FIELDS, row_operator
 
 if TYPE_CHECKING:
@@ -186,9 +186,7 @@ class RowStore:
             return stream.read().decode()
 
     def write_text(self, name: str, text: str) -> None:
-        self.filesystem.create_dir(self.root, recursive=True)
-        with self.filesystem.open_output_stream(self.path(name)) as stream:
-            stream.write(text.encode())
+        write_text(self.filesystem, self.path(name), text)
 
     def written_clip_ids(self) -> frozenset[str]:
         """Clip ids of every row written so far (files whose names start with '_' or '.' are unfinished)."""
