@@ -6,8 +6,8 @@ clip, and is scored against the clip's ground truth: silhouette IoU (motion foll
 variant's inference settings follow its training (articulated noise or not, PadaLN or not). Also reported: the
 variant's training steps and seconds (from its `variant.json`), its silhouette IoU when every clip is driven by
 the next clip's motion instead (`swapped_silhouette_iou`: a model that follows the motion loses IoU against the
-clip's own truth; one that ignores it does not), and with `--gamma-sweep` the shipped variant over inference gamma
-(the paper's Table 3). `--strip` writes a picture strip (reference | each variant | truth, at a few
+clip's own truth; one that ignores it does not), and with `--gamma-sweep` variant (d) `humandiff` over inference
+gamma (the paper's Table 3). `--strip` writes a picture strip (reference | each variant | truth, at a few
 frames) of the first clip.
 
     humanim synth --out data/synth/test --clips 32 --split test --frames 161
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GAMMAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 # The paper's names for the variants, as the JSON reports them.
 ORDER = ("iid", "articulated", "articulated+jaml", "humandiff", "padaln", "padaln+articulated")
+SWEPT = "humandiff"  # the variant the paper sweeps gamma on
 
 
 def generate_all(pipeline, clips, articulated: bool, steps: int, gamma: float, num_frames: int,
@@ -57,17 +58,20 @@ def main() -> None:
     parser.add_argument("--clips-dir", type=Path, default=ROOT / "data" / "synth" / "test")
     parser.add_argument("--count", type=int, default=16, help="held-out clips (the first, in stem order)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps")
-    parser.add_argument("--gamma", type=float, default=0.5, help="inference gamma (the animation pipeline's default)")
-    parser.add_argument("--gamma-sweep", action="store_true", help="also sweep gamma on the shipped variant")
+    parser.add_argument("--gamma", type=float, help="inference gamma (default: the backbone config's)")
+    parser.add_argument("--gamma-sweep", action="store_true", help="also sweep gamma on variant (d), humandiff")
     parser.add_argument("--strip", type=Path, help="write a picture strip of the first clip (PNG)")
     args = parser.parse_args()
 
     config = load_backbone_config(args.backbone)
+    variants = shipped_variants(config.path)
+    if args.gamma_sweep and SWEPT not in variants:
+        raise SystemExit(f"--gamma-sweep: variant {SWEPT!r} is not in {config.path / 'variants'}; train and ship it "
+                         f"first (configs/train/toy-humandiff.yaml)")
     num_frames = config.num_frames
     clips = load_heldout_clips(args.clips_dir, config.resolution, num_frames, args.count)
-    gamma = args.gamma
+    gamma = config.gamma if args.gamma is None else args.gamma
     body = load_body_model()
-    variants = shipped_variants(config.path)
     shipped = default_variant(config.path)
     static = [static_video(clip, num_frames) for clip in clips]
     results = {"static": scored(static, clips)}
@@ -86,12 +90,12 @@ def main() -> None:
               "clips": len(clips), "num_frames": num_frames,
               "resolution": list(config.resolution), "steps": args.steps, "gamma": gamma, "guidance_scale": 1.0}
     if args.gamma_sweep:
-        pipeline, info = variant_pipeline(args.backbone, shipped, body)
-        report["gamma_sweep"] = {
+        pipeline, info = variant_pipeline(args.backbone, SWEPT, body)
+        report["gamma_sweep"] = {"variant": SWEPT, **{
             str(value): scored(generate_all(pipeline, clips, info.articulated_noise, args.steps, value, num_frames),
                                clips)
             for value in GAMMAS
-        }
+        }}
     if args.strip:
         write_strip(args.strip, clips[0], first_videos)
     print(json.dumps(report))

@@ -117,8 +117,8 @@ def generated_ious(backbone: Path, pairs: list[CrossPair], estimates: list[Motio
     config = load_backbone_config(backbone)
     variant = default_variant(config.path)
     pipeline, info = variant_pipeline(backbone, variant, body)
-    default_steps, guidance = sampling_defaults(config)
-    steps = steps or default_steps
+    defaults = sampling_defaults(config)
+    steps, guidance = steps or defaults.steps, defaults.guidance
     num_frames = config.num_frames
     scores: dict[str, list[float]] = {"iou_retargeted": [], "iou_raw": []}
     for index, (pair, estimate) in enumerate(zip(pairs, estimates)):

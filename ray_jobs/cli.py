@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance", type=float,
                           help="classifier-free guidance scale, 1 = off (default: the backbone config's, else the "
                           "family's, CogVideoX 6, Wan 5)")
-    generate.add_argument("--gamma", type=float, default=0.5, help="articulated-noise degradation in [0, 1]")
+    generate.add_argument("--gamma", type=float, help="articulated-noise degradation in [0, 1] (default: the "
+                          "backbone config's)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--no-articulated-noise", action="store_true", help="start from i.i.d. noise")
     generate.add_argument("--cache", type=_cache_option, metavar="first_block:THRESHOLD|off",

@@ -184,7 +184,7 @@ class GenerationDefaults(_Strict):
     guidance: float | None = Field(
         None, ge=1, description="for every backbone; None: each family's own (CogVideoX 6, Wan 5)"
     )
-    gamma: float = Field(0.5, ge=0, le=1)
+    gamma: float | None = Field(None, ge=0, le=1, description="for every backbone; None: each backbone config's")
     long_video: Literal["blend", "chain"] = "blend"
     retarget: bool = Field(
         True, description="retarget a request's motion onto its photo's person (the ingress runs the keypoint "

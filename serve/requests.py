@@ -58,6 +58,7 @@ class BackboneInfo:
     spec: VariantSpec
     default_steps: int
     default_guidance: float
+    default_gamma: float
     articulated_noise: bool  # the config's: whether a request with a motion starts from its articulated noise
 
     @classmethod
@@ -343,7 +344,7 @@ def parse_submission(
         resolution=backbone.resolution,
         steps=steps,
         guidance=_number(fields, "guidance", _first(defaults.guidance, backbone.default_guidance), 1.0, MAX_GUIDANCE),
-        gamma=_number(fields, "gamma", defaults.gamma, 0.0, 1.0),
+        gamma=_number(fields, "gamma", _first(defaults.gamma, backbone.default_gamma), 0.0, 1.0),
         seed=seed,
         articulated_noise=articulated,
         fps=motion.fps if motion is not None else video_fps or None,

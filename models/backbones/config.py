@@ -89,6 +89,8 @@ SCHEDULERS: dict[str, tuple[str, ...]] = {"cogvideox": ("ddim", "dpm"), "wan": (
 
 # Height and width must survive the VAE (8x) and the 2x2 patch embedding.
 RESOLUTION_MULTIPLE = 16
+# Inference gamma when neither a request nor the backbone config sets it.
+DEFAULT_GAMMA = 0.5
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -197,6 +199,11 @@ class BackboneConfig(BaseModel):
     guidance_scale: float | None = Field(
         None, ge=1.0, description="classifier-free guidance; None means the family default (1: a model trained "
         "without caption dropout has no unconditional prediction to guide against)"
+    )
+    gamma: float = Field(
+        DEFAULT_GAMMA, ge=0.0, le=1.0, description="inference degradation of the articulated noise when a request "
+        "leaves it out (0: warped noise only, 1: fresh noise only); measure it on your model (benchmarks/ablation.py "
+        "--gamma-sweep)"
     )
     vae_tiling: bool | None = Field(
         None, description="tiled VAE encode/decode (diffusers' `enable_tiling`): activation memory bounded by the "

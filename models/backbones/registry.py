@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import NamedTuple
 
 import torch
 
@@ -34,8 +35,17 @@ def build_adapter(
     return adapter_class(config.family).from_config(config, device=device, components=components)
 
 
-def sampling_defaults(config: BackboneConfig) -> tuple[int, float]:
-    """(steps, guidance scale) when a request leaves them out: the backbone config's, else its family's."""
+class SamplingDefaults(NamedTuple):
+    """What a request that leaves them out samples with."""
+
+    steps: int
+    guidance: float
+    gamma: float
+
+
+def sampling_defaults(config: BackboneConfig) -> SamplingDefaults:
+    """Steps, guidance scale and gamma when a request leaves them out: the backbone config's, else (steps and
+    guidance) its family's."""
     family = adapter_class(config.family)
-    return (config.num_inference_steps or family.default_num_inference_steps,
-            config.guidance_scale or family.default_guidance_scale)
+    return SamplingDefaults(config.num_inference_steps or family.default_num_inference_steps,
+                            config.guidance_scale or family.default_guidance_scale, config.gamma)

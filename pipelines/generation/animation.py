@@ -357,7 +357,7 @@ class AnimationPipeline:
         resolution: tuple[int, int] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        gamma: float = 0.5,
+        gamma: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         articulated_noise: bool | None = None,
@@ -374,7 +374,8 @@ class AnimationPipeline:
         """Animate `image` following `motion` and/or `pose_video`.
 
         Args:
-            gamma: degradation of the articulated noise in [0, 1] (0: warped noise only, 1: fresh noise only).
+            gamma: degradation of the articulated noise in [0, 1] (0: warped noise only, 1: fresh noise only;
+                default: the backbone config's `gamma`).
             num_inference_steps: denoising steps (default: the backbone config's, else the family's,
                 `adapter.default_num_inference_steps`).
             guidance_scale: classifier-free guidance against `negative_prompt` ('' is the empty prompt);
@@ -403,10 +404,10 @@ class AnimationPipeline:
         """
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt/negative_prompt: must be strings")
-        gamma = _number_in("gamma", gamma, 0.0, 1.0)
-        default_steps, default_guidance = sampling_defaults(self.adapter.config)
-        guidance_scale = default_guidance if guidance_scale is None else guidance_scale
-        num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
+        defaults = sampling_defaults(self.adapter.config)
+        gamma = _number_in("gamma", defaults.gamma if gamma is None else gamma, 0.0, 1.0)
+        guidance_scale = defaults.guidance if guidance_scale is None else guidance_scale
+        num_inference_steps = defaults.steps if num_inference_steps is None else num_inference_steps
         guidance_scale = _number_in("guidance_scale", guidance_scale, 1.0)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")

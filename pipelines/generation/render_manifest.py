@@ -56,7 +56,9 @@ class RenderDefaults(BaseModel):
     guidance: float | None = Field(
         None, ge=1, description="classifier-free guidance scale (1 = off); None: the backbone config's, else its family's"
     )
-    gamma: float = Field(0.5, ge=0, le=1, description="articulated-noise degradation")
+    gamma: float | None = Field(
+        None, ge=0, le=1, description="articulated-noise degradation; None: the backbone config's"
+    )
     seed: int = 0
     negative_prompt: str = ""
     articulated_noise: bool | None = Field(

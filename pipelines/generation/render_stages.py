@@ -193,9 +193,9 @@ class PrepareStage(_Stage):
             "prompt": row.prompt,
             "negative_prompt": pick(row.negative_prompt, defaults.negative_prompt),
             "num_frames": num_frames,
-            "steps": pick(row.steps, pick(defaults.steps, self.sampling_defaults[0])),
-            "guidance": pick(row.guidance, pick(defaults.guidance, self.sampling_defaults[1])),
-            "gamma": pick(row.gamma, defaults.gamma),
+            "steps": pick(row.steps, pick(defaults.steps, self.sampling_defaults.steps)),
+            "guidance": pick(row.guidance, pick(defaults.guidance, self.sampling_defaults.guidance)),
+            "gamma": pick(row.gamma, pick(defaults.gamma, self.sampling_defaults.gamma)),
             "seed": pick(row.seed, defaults.seed),
             "articulated_noise": pick(defaults.articulated_noise, self.articulated_noise) and row.motion is not None,
         }
