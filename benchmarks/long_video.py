@@ -2,12 +2,12 @@
 blended windows, each later window conditioned on the reference image ("reference", the old behaviour) or on the
 current estimate of the video where it starts ("estimate"); prints one JSON line.
 
-For every held-out clip (161 frames, `humanim synth --split test --frames 161`) and length, the shipped variant
-generates the video with the same seed under both conditionings. Reported per setting: the mean IoU, the per-frame
+For every held-out clip (161 frames, `humanim synth --split test --frames 161`) and length, the shipped variant (or
+`--variant`) generates the video with the same seed under both conditionings. Reported per setting: the mean IoU, the per-frame
 IoU averaged over clips, and the seam jump: the mean IoU of the 4 frames before each later window's first frame
 minus that of the 4 frames from it (positive: the video falls back toward the reference pose at seams).
 
-    python benchmarks/long_video.py [--clips-dir data/synth/test] [--count 8] [--steps 20]
+    python benchmarks/long_video.py [--clips-dir data/synth/test] [--count 8] [--steps 20] [--variant humandiff]
 """
 
 from __future__ import annotations
@@ -41,22 +41,24 @@ def main() -> None:
     parser.add_argument("--clips-dir", type=Path, default=ROOT / "data" / "synth" / "test")
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--gamma", type=float, default=0.5, help="inference gamma (the animation pipeline's default)")
+    parser.add_argument("--gamma", type=float, help="inference gamma (default: the backbone config's)")
+    parser.add_argument("--variant", help="a variant shipped in the backbone folder (default: the shipped one)")
     args = parser.parse_args()
 
     config = load_backbone_config(args.backbone)
     clips = load_heldout_clips(args.clips_dir, config.resolution, max(LENGTHS), args.count)
-    variant = default_variant(config.path)
+    variant = args.variant or default_variant(config.path)
+    gamma = config.gamma if args.gamma is None else args.gamma
     pipeline, info = variant_pipeline(args.backbone, variant, load_body_model())
     adapter = pipeline.adapter
-    report = {"variant": variant, "clips": len(clips), "steps": args.steps, "gamma": args.gamma}
+    report = {"variant": variant, "clips": len(clips), "steps": args.steps, "gamma": gamma}
     for frames in LENGTHS:
         windows = plan_windows(adapter.latent_num_frames(frames), adapter.latent_num_frames(adapter.num_frames))
         starts = [window.start * adapter.temporal_factor for window in windows[1:]]
         for mode in ("reference", "estimate"):
             per_frame = np.mean([
                 score_video(pipeline(clip.image, clip.caption, clip.motion, num_frames=frames,
-                                     num_inference_steps=args.steps, guidance_scale=1.0, gamma=args.gamma,
+                                     num_inference_steps=args.steps, guidance_scale=1.0, gamma=gamma,
                                      seed=index, articulated_noise=info.articulated_noise,
                                      window_condition=mode).frames, clip)["silhouette_iou_frames"]
                 for index, clip in enumerate(clips)
