@@ -89,8 +89,9 @@ SCHEDULERS: dict[str, tuple[str, ...]] = {"cogvideox": ("ddim", "dpm"), "wan": (
 
 # Height and width must survive the VAE (8x) and the 2x2 patch embedding.
 RESOLUTION_MULTIPLE = 16
-# Inference gamma when neither a request nor the backbone config sets it.
-DEFAULT_GAMMA = 0.5
+# Inference gamma when neither a request nor the backbone config sets it: the best of the toy HumANDiff variant's
+# sweep (README, "A toy model trained here"; flat at or below 0.5, worse above; the paper chose 0.1).
+DEFAULT_GAMMA = 0.25
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
