@@ -4,8 +4,9 @@ current estimate of the video where it starts ("estimate"); prints one JSON line
 
 For every held-out clip (161 frames, `humanim synth --split test --frames 161`) and length, the shipped variant
 (or `--variant`) generates the video with the same seed under both conditionings. Reported per setting: the mean
-IoU, the per-frame IoU averaged over clips, and the seam jump: the mean IoU of the 4 frames before each later window's first frame
-minus that of the 4 frames from it (positive: the video falls back toward the reference pose at seams).
+IoU, the per-frame IoU averaged over clips, and the seam jump: the mean IoU of the 4 frames before each later
+window's first frame minus that of the 4 frames from it (positive: the video falls back toward the reference pose
+at seams).
 
     python benchmarks/long_video.py [--clips-dir data/synth/test] [--count 8] [--steps 20] [--variant humandiff]
 """
