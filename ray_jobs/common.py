@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -22,7 +23,14 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": quiet_dashboardless_workers})
+
+
+def quiet_dashboardless_workers() -> None:
+    """Worker setup for the local Ray `init_ray` starts without a dashboard. Ray Train's placement-group cleaner asks
+    the state API (which the dashboard serves) every second whether the train controller lives, and warns at each
+    failure for the whole run; a local Ray ends with its driver, so there is nothing left for it to clean."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 class StageActor:
