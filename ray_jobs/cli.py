@@ -251,14 +251,11 @@ def _attention_option(text: str) -> str:
 
 def _generation_options(args: argparse.Namespace, backbone: BackboneConfig) -> BackboneConfig:
     """`backbone` with what --cache, --compile and --attention set."""
-    options: dict[str, Any] = {}
-    if args.cache is not None:
-        options["cache"] = None if args.cache == "off" else args.cache
-    if args.compile is not None:
-        options["compile"] = backbone.compile.model_copy(update={"mode": args.compile})
-    if args.attention is not None:
-        options["attention"] = args.attention
-    return backbone.with_options(**options)
+    from models.backbones.config import GenerationOptions
+
+    # --compile sets the mode only: the backbone config's compile backend stays
+    compile_ = None if args.compile is None else backbone.compile.model_copy(update={"mode": args.compile})
+    return GenerationOptions(cache=args.cache, compile=compile_, attention=args.attention).applied_to(backbone)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -309,8 +309,9 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cache: StepCacheSettings | None = Field(
-        None, description="step caching, e.g. {kind: first_block, threshold: 0.1}; unset: the backbone config's"
+    cache: StepCacheSettings | Literal["off"] | None = Field(
+        None, description="step caching, e.g. {kind: first_block, threshold: 0.1}, or off (exact steps even where "
+        "the backbone config caches); unset: the backbone config's"
     )
     compile: CompileSettings | None = Field(
         None, description="torch.compile, e.g. {mode: blocks} or {mode: off}; unset: the backbone config's"
@@ -321,8 +322,10 @@ class GenerationOptions(BaseModel):
 
     def applied_to(self, backbone: BackboneConfig) -> BackboneConfig:
         """`backbone` with the options set here."""
-        options = {name: getattr(self, name) for name in GenerationOptions.model_fields}
-        return backbone.with_options(**{name: value for name, value in options.items() if value is not None})
+        options = {name: value for name in GenerationOptions.model_fields if (value := getattr(self, name)) is not None}
+        if options.get("cache") == "off":
+            options["cache"] = None
+        return backbone.with_options(**options)
 
 
 def load_backbone_config(path: str | Path) -> BackboneConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from helpers import CONFIGS, ROOT
 
 from models.backbones import BackboneConfig, build_adapter, load_backbone_config
@@ -14,7 +15,7 @@ from pipelines.generation.animation import AnimationPipeline
 from pipelines.generation.render_manifest import RenderJobConfig
 from pipelines.io.config import ConfigError, load_config, validate_config
 from pipelines.training.config import TrainJobConfig
-from ray_jobs.cli import _cache_option, main
+from ray_jobs.cli import _cache_option, _generation_options, build_parser, main
 from serve.config import BackboneEntry
 
 
@@ -97,6 +98,18 @@ def test_the_cache_is_an_option_of_generate_render_and_serve(tmp_path, capsys) -
     assert render.backbone_config().cache == settings
     assert BackboneEntry(config=tiny, cache={"threshold": 0.1}).backbone_config().cache == settings
     assert BackboneEntry(config=tiny).backbone_config().cache is None
+
+    # a backbone config that caches: `off` (CLI, manifest, Serve entry) runs exact steps; unset keeps its cache
+    cached = tmp_path / "cached.yaml"
+    cached.write_text(yaml.safe_dump({**yaml.safe_load(tiny.read_text()), "cache": {"threshold": 0.1}}))
+    render = RenderJobConfig(manifest=tmp_path / "m.jsonl", output_dir=tmp_path, backbone=cached, cache="off")
+    assert render.backbone_config().cache is None
+    assert BackboneEntry(config=cached, cache="off").backbone_config().cache is None
+    assert BackboneEntry(config=cached).backbone_config().cache == settings
+    args = build_parser().parse_args(["generate", "--image", "x.png", "--out", "x.mp4", "--cache", "off"])
+    assert _generation_options(args, load_backbone_config(cached)).cache is None
+    args = build_parser().parse_args(["generate", "--image", "x.png", "--out", "x.mp4"])
+    assert _generation_options(args, load_backbone_config(cached)).cache == settings
 
 
 def test_training_never_runs_with_the_generation_options() -> None:
