@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 import yaml
@@ -159,10 +159,11 @@ class CompileSettings(BaseModel):
 # Attention implementations a generation may run: torch SDPA (`sdpa`: torch picks the kernel; `sdpa_<kernel>`: held
 # to one kernel), which both families call, and the libraries of diffusers' attention dispatcher, which only Wan's
 # attention goes through (CogVideoX's processor calls torch SDPA itself).
-SDPA_ATTENTION = ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
-DISPATCHER_ATTENTION = ("flash", "flash_3", "sage", "xformers")
-AttentionBackend = Literal["sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flash", "flash_3",
-                           "sage", "xformers"]
+SdpaAttention = Literal["sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math"]
+DispatcherAttention = Literal["flash", "flash_3", "sage", "xformers"]
+AttentionBackend = Literal[SdpaAttention, DispatcherAttention]
+SDPA_ATTENTION: tuple[str, ...] = get_args(SdpaAttention)
+DISPATCHER_ATTENTION: tuple[str, ...] = get_args(DispatcherAttention)
 ATTENTION_FAMILIES: dict[str, tuple[str, ...]] = {
     "cogvideox": SDPA_ATTENTION, "wan": SDPA_ATTENTION + DISPATCHER_ATTENTION
 }
