@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -11,12 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.body_model import BodyModel
 from models.motion import Motion, MotionError
+from models.noise_settings import NoiseSettings
 from models.noise_warp import (
     DEFAULT_SPATIAL_FACTOR,
     VAE_TEMPORAL_FACTOR,
-    BackgroundMode,
     WarpOperator,
-    WarpRule,
     build_warp_operator,
     latent_frame_of,
     latent_num_frames,
@@ -39,10 +37,8 @@ class BodyConfig(BaseModel):
     uv_path: ProjectPath | None = Field(None, description="UV layout (.obj or .npz) for a real SMPL model")
 
 
-class NoiseConfig(BaseModel):
-    """How articulated noise is built for a clip."""
-
-    model_config = ConfigDict(extra="forbid")
+class NoiseConfig(NoiseSettings):
+    """How articulated noise is built for a clip: the model's `NoiseSettings` on a clip's grid."""
 
     num_frames: int = Field(49, ge=1, le=4097, description="video frames, 4k+1")
     height: int = Field(480, ge=1, le=4096, description="video height in pixels, a multiple of spatial_factor")
@@ -51,13 +47,6 @@ class NoiseConfig(BaseModel):
         DEFAULT_SPATIAL_FACTOR, ge=1, le=64, description="the backbone VAE's pixels per latent cell side"
     )
     channels: int = Field(16, ge=1, le=256, description="latent channels of the backbone")
-    texture_size: int = Field(256, ge=8, le=4096, description="side of the square UV noise texture")
-    supersample: int = Field(8, ge=1, le=16, description="render pixels per latent cell side")
-    rule: WarpRule = "aggregate"
-    background: BackgroundMode = "static"
-    group_frames: Literal["centre", "all"] = Field(
-        "centre", description="render one frame per latent frame (the centre of its VAE group) or all of them"
-    )
 
     @model_validator(mode="after")
     def _check_grid(self) -> NoiseConfig:

@@ -200,7 +200,10 @@ class ServeConfig(_Strict):
     storage_uri: str = Field("out/serve/jobs", description="job records and videos: a local folder or a pyarrow.fs URI")
     backbones: dict[str, BackboneEntry] = Field(min_length=1, description="the allow-list clients choose from")
     default_backbone: str | None = Field(None, description="None means the first one listed")
-    noise_options: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig fields (texture_size, ...)")
+    noise_options: dict[str, Any] = Field(
+        default_factory=dict, description="NoiseConfig fields (texture_size, ...) over every backbone config's "
+        "`noise`, which its model was trained with; leave empty unless measured"
+    )
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     photo: PhotoOptions = Field(
         default_factory=PhotoOptions, description="how reference photos are fitted (requests may set fit and "

@@ -12,6 +12,7 @@ import torch
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from models.noise_settings import NoiseSettings
 from models.noise_warp import DEFAULT_SPATIAL_FACTOR
 from models.paths import ProjectPath
 
@@ -220,6 +221,10 @@ class BackboneConfig(BaseModel):
         True, description="generation starts from a motion's articulated noise unless told otherwise; false for a "
         "transformer trained on i.i.d. noise only (e.g. the toy's PadaLN variant)"
     )
+    noise: NoiseSettings = Field(
+        default_factory=NoiseSettings, description="how this model's articulated noise is built: the video "
+        "preprocessing writes training rows with it and generation samples with it, so both match"
+    )
     cache: StepCacheSettings | None = Field(None, description="step caching at generation; None: every step "
                                             "runs every block (the default until measured on your model)")
     compile: CompileSettings = Field(default_factory=CompileSettings, description="torch.compile at generation")
@@ -277,6 +282,11 @@ class BackboneConfig(BaseModel):
     def with_options(self, **options: Any) -> BackboneConfig:
         """This config with `options` (field values) set, validated again (`model_copy` would not)."""
         return self.model_validate({**dict(self), **options})
+
+    def noise_options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The `NoiseConfig` fields of this model's articulated noise, less the clip's grid: its `noise` settings
+        under `overrides` (a render job's `noise`, Serve's `noise_options`), and its VAE's spatial factor."""
+        return {**self.noise.model_dump(), **(overrides or {}), "spatial_factor": self.spatial_factor}
 
     @property
     def spec(self) -> VariantSpec:

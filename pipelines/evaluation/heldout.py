@@ -109,8 +109,8 @@ def mean_scores(rows: list[dict[str, float | list[float]]]) -> dict[str, float]:
     return {key: float(np.mean([row[key] for row in rows])) for key in SCORES}
 
 
-def variant_pipeline(backbone: str | Path, name: str, body: BodyModel | None = None,
-                     noise_options: dict | None = None) -> tuple[AnimationPipeline, VariantInfo]:
+def variant_pipeline(backbone: str | Path, name: str, body: BodyModel | None = None
+                     ) -> tuple[AnimationPipeline, VariantInfo]:
     """The animation pipeline of one variant shipped in the backbone folder that the YAML `backbone` loads (its
     transformer, and its PadaLN when it has one), with the variant's info."""
     config = load_backbone_config(backbone)
@@ -121,6 +121,5 @@ def variant_pipeline(backbone: str | Path, name: str, body: BodyModel | None = N
         raise ValueError(f"variant: {name!r} is not in {config.path}/variants (it has {sorted(variants)})")
     folder, info = variants[name]
     config = config.model_copy(update={"transformer": folder / TRANSFORMER_DIR})
-    pipeline = AnimationPipeline.from_config(config, padaln=folder if info.padaln else None, body=body,
-                                             noise_options=noise_options)
+    pipeline = AnimationPipeline.from_config(config, padaln=folder if info.padaln else None, body=body)
     return pipeline, info

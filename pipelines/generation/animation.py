@@ -127,7 +127,8 @@ class AnimationPipeline:
         body: BodyModel | None = None,
         noise_options: dict[str, Any] | None = None,
     ):
-        """`noise_options` are `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames)."""
+        """`noise_options` are `NoiseConfig` fields (texture_size, supersample, rule, background, group_frames) over
+        the backbone config's `noise`, which the model was trained with: leave them unset unless measured."""
         self.adapter = adapter
         self.padaln = None if padaln is None else padaln.attach(adapter)
         self._attention = attention_context(adapter.config.attention, adapter.device)
@@ -266,7 +267,7 @@ class AnimationPipeline:
         else:
             if operator is None:
                 operator = video_noise_operator(
-                    request.motion, self.body, {**self.noise_options, "spatial_factor": self.adapter.spatial_factor},
+                    request.motion, self.body, self.adapter.config.noise_options(self.noise_options),
                     request.num_frames, request.resolution, self.adapter.device,
                 )
             elif operator.latent_shape != (shape[0], *shape[2:]):

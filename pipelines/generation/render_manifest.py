@@ -96,7 +96,10 @@ class RenderJobConfig(GenerationOptions):
     lora: ProjectPath | None = Field(None, description="folder with pytorch_lora_weights.safetensors")
     padaln: ProjectPath | None = Field(None, description="folder with PadaLN weights: pose control")
     body: BodyConfig = BodyConfig()
-    noise: dict[str, Any] = Field(default_factory=dict, description="NoiseConfig options (texture_size, ...)")
+    noise: dict[str, Any] = Field(
+        default_factory=dict, description="NoiseConfig fields (texture_size, ...) over the backbone config's `noise`, "
+        "which its model was trained with; leave empty unless measured"
+    )
     defaults: RenderDefaults = RenderDefaults()
     photo: PhotoOptions = Field(PhotoOptions(), description="how reference photos are fitted (rows may override)")
     resources: RenderResources = RenderResources()

@@ -158,7 +158,7 @@ class PrepareStage(_Stage):
         fixed = adapter_class(backbone.family).config_fixed_num_frames(backbone)
         self.generated_num_frames = functools.partial(generated_num_frames, fixed_num_frames=fixed)
         self.size = config.resolution()
-        self.noise_options = {**config.noise, "spatial_factor": backbone.spatial_factor}
+        self.noise_options = backbone.noise_options(config.noise)
         self.body = load_body_model(config.body.model_path, config.body.uv_path)
         # built once: a missing backend stops the stage at start
         self.detector = job_estimator(config.photo, config.defaults.retarget, SKIP_RETARGET)

@@ -59,7 +59,8 @@ class VideoJobConfig(BaseModel):
     output_dir: ProjectUri = Field(description="a local path or a pyarrow filesystem URI (file://, s3://, gs://, ...)")
     backbone: dict[str, Any] = Field(description="a backbone YAML path or the config itself (see backbone_config)")
     clips: ClipConfig = ClipConfig()
-    noise: NoiseConfig = Field(NoiseConfig(), description="num_frames, height and width follow the backbone")
+    noise: NoiseConfig = Field(NoiseConfig(), description="follows the backbone: its grid, and its `noise` settings "
+                               "(generation samples the noise the rows were made with)")
     body: BodyConfig = BodyConfig()
     pose: PoseOptions = Field(default_factory=PoseOptions, description="how clips without a motion sidecar get one")
     text: Literal["embed", "caption"] = Field("embed", description="store caption embeddings, or only the caption")
@@ -88,17 +89,19 @@ class VideoJobConfig(BaseModel):
         backbone = self.backbone_config()
         frames = backbone.num_frames or backbone.spec.default_num_frames
         height, width = backbone.resolution or backbone.spec.default_resolution
-        wanted = {"num_frames": frames, "height": height, "width": width, "spatial_factor": backbone.spatial_factor}
+        wanted = {"num_frames": frames, "height": height, "width": width, "spatial_factor": backbone.spatial_factor,
+                  **backbone.noise.model_dump()}
         given = {key: getattr(self.noise, key) for key in wanted if key in self.noise.model_fields_set}
         clash = {key: value for key, value in given.items() if value != wanted[key]}
         if clash:
-            raise ValueError(f"noise: {clash} differ from the backbone's {wanted}; leave them out")
+            raise ValueError(f"noise: {clash} differ from the backbone's {wanted}; leave them out (set the noise "
+                             "settings in the backbone config's `noise:`, which generation uses too)")
+        self.noise = NoiseConfig.model_validate({**self.noise.model_dump(), **wanted})
         if self.noise.supersample % UPSCALE:
             raise ValueError(
                 f"noise.supersample must be a multiple of {UPSCALE} for the motion-decoder targets, "
                 f"got {self.noise.supersample}"
             )
-        self.noise = NoiseConfig.model_validate({**self.noise.model_dump(), **wanted})
         return self
 
     @property

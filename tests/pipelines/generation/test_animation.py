@@ -79,6 +79,21 @@ def test_the_noise_defaults_to_what_the_backbone_was_trained_on(pipeline, body, 
     assert np.array_equal(generate(iid, image, motion), generate(pipeline, image, motion, articulated_noise=False))
 
 
+def test_the_articulated_noise_is_built_with_the_backbone_configs_settings(pipeline, body, image, motion):
+    """A backbone config's `noise` (texture, render, pooling: what its model was trained on) builds the noise unless
+    the caller overrides it; a model sampled with other settings sees noise of other statistics."""
+    from models.backbones import load_backbone_config
+    from pipelines.articulated_noise import video_noise_operator
+
+    config = load_backbone_config(CONFIGS / "tiny-cogvideox.yaml")
+    assert config.noise.texture_size == 32 and config.noise.supersample == 4
+    own = AnimationPipeline(pipeline.adapter, None, body)  # no noise options: the config's
+    video = generate(own, image, motion, num_frames=9)
+    for settings, same in ((config.noise.model_dump(), True), ({"texture_size": 256, "supersample": 8}, False)):
+        operator = video_noise_operator(motion, body, config.noise_options(settings), 9, config.resolution)
+        assert np.array_equal(generate(own, image, motion, num_frames=9, warp_operator=operator), video) == same
+
+
 def test_untrained_padaln_gives_the_same_video_and_a_trained_one_follows_the_pose(pipeline, body, image, motion):
     base = generate(pipeline, image, motion, num_frames=17)
     padaln = PadaLN.for_adapter(pipeline.adapter)

@@ -184,6 +184,12 @@ def test_bad_manifests_and_configs_are_clear_errors(tmp_path) -> None:
         load_config(VideoJobConfig, CONFIG, {**overrides, "captions": {"model_path": str(tmp_path / "vlm")}})
     with pytest.raises(ValueError, match="differ from the backbone"):
         load_config(VideoJobConfig, CONFIG, {**overrides, "noise": {"num_frames": 17}})
+    # rows are made with the noise the backbone config's model samples at generation, and with no other
+    backbone = load_config(VideoJobConfig, CONFIG, overrides).backbone_config()
+    rows = load_config(VideoJobConfig, CONFIG, overrides).noise
+    assert (rows.texture_size, rows.supersample) == (backbone.noise.texture_size, backbone.noise.supersample) == (32, 4)
+    with pytest.raises(ValueError, match="'texture_size': 64.*backbone config's `noise:`"):
+        load_config(VideoJobConfig, CONFIG, {**overrides, "noise": {"texture_size": 64}})
 
 
 # The job on a local Ray
