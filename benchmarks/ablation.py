@@ -6,9 +6,10 @@ clip, and is scored against the clip's ground truth: silhouette IoU (motion foll
 variant's inference settings follow its training (articulated noise or not, PadaLN or not). Also reported: the
 variant's training steps and seconds (from its `variant.json`), its silhouette IoU when every clip is driven by
 the next clip's motion instead (`swapped_silhouette_iou`: a model that follows the motion loses IoU against the
-clip's own truth; one that ignores it does not), and with `--gamma-sweep` variant (d) `humandiff` over inference
-gamma (the paper's Table 3). `--strip` writes a picture strip (reference | each variant | truth, at a few
-frames) of the first clip.
+clip's own truth; one that ignores it does not), for variants trained with articulated noise their silhouette IoU
+when sampled from i.i.d. noise instead (`iid_noise_silhouette_iou`: what the warped noise adds), and with
+`--gamma-sweep` variant (d) `humandiff` over inference gamma (the paper's Table 3). `--strip` writes a picture
+strip (reference | each variant | truth, at a few frames) of the first clip.
 
     humanim synth --out data/synth/test --clips 32 --split test --frames 161
     python benchmarks/ablation.py [--clips-dir data/synth/test] [--count 16] [--steps 20]
@@ -85,6 +86,9 @@ def main() -> None:
         results[name] = {**scored(videos, clips), "swapped_silhouette_iou": scored(swapped, clips)["silhouette_iou"],
                          "steps": info.steps, "train_s": round(info.train_s, 1),
                          "generate_s_per_clip": round(seconds / len(clips), 3)}
+        if info.articulated_noise:
+            iid = generate_all(pipeline, clips, False, args.steps, gamma, num_frames)
+            results[name]["iid_noise_silhouette_iou"] = scored(iid, clips)["silhouette_iou"]
         first_videos[name] = videos[0]
     report = {"variants": results, "shipped": shipped, "not_trained": [name for name in ORDER if name not in variants],
               "clips": len(clips), "num_frames": num_frames,
