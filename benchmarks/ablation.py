@@ -12,7 +12,7 @@ when sampled from i.i.d. noise instead (`iid_noise_silhouette_iou`: what the war
 strip (reference | each variant | truth, at a few frames) of the first clip.
 
     humanim synth --out data/synth/test --clips 32 --split test --frames 161
-    python benchmarks/ablation.py [--clips-dir data/synth/test] [--count 16] [--steps 20]
+    python benchmarks/ablation.py [--clips-dir data/synth/test] [--count 16] [--steps 20] [--variants iid ...]
 """
 
 from __future__ import annotations
@@ -60,12 +60,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=16, help="held-out clips (the first, in stem order)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps")
     parser.add_argument("--gamma", type=float, help="inference gamma (default: the backbone config's)")
+    parser.add_argument("--variants", nargs="+", help="only these shipped variants (default: every one); the same "
+                        "clips and seeds, so a newly trained variant's row joins an earlier run's table")
     parser.add_argument("--gamma-sweep", action="store_true", help="also sweep gamma on variant (d), humandiff")
     parser.add_argument("--strip", type=Path, help="write a picture strip of the first clip (PNG)")
     args = parser.parse_args()
 
     config = load_backbone_config(args.backbone)
     variants = shipped_variants(config.path)
+    unknown = sorted(set(args.variants or ()) - set(variants))
+    if unknown:
+        raise SystemExit(f"--variants: {unknown} not shipped in {config.path / 'variants'} (shipped: {sorted(variants)})")
     if args.gamma_sweep and SWEPT not in variants:
         raise SystemExit(f"--gamma-sweep: variant {SWEPT!r} is not in {config.path / 'variants'}; train and ship it "
                          f"first (configs/train/toy-humandiff.yaml)")
@@ -77,7 +82,7 @@ def main() -> None:
     static = [static_video(clip, num_frames) for clip in clips]
     results = {"static": scored(static, clips)}
     first_videos = {"static": static[0]}
-    for name in sorted(variants, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+    for name in sorted(args.variants or variants, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         pipeline, info = variant_pipeline(args.backbone, name, body)
         started = time.perf_counter()
         videos = generate_all(pipeline, clips, info.articulated_noise, args.steps, gamma, num_frames)
