@@ -70,7 +70,8 @@ def main() -> None:
     variants = shipped_variants(config.path)
     unknown = sorted(set(args.variants or ()) - set(variants))
     if unknown:
-        raise SystemExit(f"--variants: {unknown} not shipped in {config.path / 'variants'} (shipped: {sorted(variants)})")
+        raise SystemExit(f"--variants: {unknown} not shipped in {config.path / 'variants'} "
+                         f"(shipped: {sorted(variants)})")
     if args.gamma_sweep and SWEPT not in variants:
         raise SystemExit(f"--gamma-sweep: variant {SWEPT!r} is not in {config.path / 'variants'}; train and ship it "
                          f"first (configs/train/toy-humandiff.yaml)")
