@@ -80,6 +80,17 @@ def meta_model(model_class: type, config: dict[str, Any]) -> nn.Module:
         return model_class.from_config(config)
 
 
+def components_in_folder(config: BackboneConfig, wanted: Sequence[str]) -> tuple[str, ...]:
+    """Which of the `wanted` model components come from the backbone folder: all but the transformer when a
+    `transformer:` folder replaces the folder's own (whose weights then need not be there)."""
+    return tuple(name for name in wanted if name != "transformer" or config.transformer is None)
+
+
+def transformer_folder(config: BackboneConfig) -> Path:
+    """The folder a `path:` config's transformer loads from: its `transformer:` one, else the backbone folder's."""
+    return Path(config.transformer or Path(config.path) / "transformer")
+
+
 def _wanted_components(family_components: Sequence[str], components: Collection[str] | None) -> tuple[str, ...]:
     """The family's model components among `components` (None: all of them); a name no family has is an error."""
     if components is None:
@@ -183,10 +194,11 @@ class BackboneAdapter(ABC):
             if "transformer" not in wanted:
                 transformer_config = built_transformer.config
         else:
-            cls.check_folder(config.path, config.variant, wanted)
-            built = cls._load_components(Path(config.path), config, wanted)
+            from_folder = components_in_folder(config, wanted)
+            cls.check_folder(config.path, config.variant, from_folder)
+            built = cls._load_components(Path(config.path), config, from_folder)
             if "transformer" not in wanted:
-                folder = Path(config.transformer or Path(config.path) / "transformer")
+                folder = transformer_folder(config)
                 transformer_config = meta_model(
                     cls.transformer_class, cls.transformer_class.load_config(folder, local_files_only=True)
                 ).config

@@ -249,9 +249,16 @@ def test_lora_targets_come_from_the_config():
 def test_all_backbone_configs_validate():
     names = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
     assert names == ["cogvideox-5b-i2v", "cogvideox1.5-5b-i2v", "tiny-cogvideox", "tiny-cogvideox1.5", "tiny-wan",
-                     "toy-cogvideox", "toy-cogvideox-init", "wan2.1-i2v-14b"]
+                     "toy-cogvideox", "toy-cogvideox-init", "toy-cogvideox-large", "toy-cogvideox-large-init",
+                     "wan2.1-i2v-14b"]
     toy = load_backbone_config(CONFIGS / "toy-cogvideox-init.yaml")
     assert toy.tiny is not None and (toy.resolution, toy.num_frames) == ((64, 96), 25)
+    large_init = load_backbone_config(CONFIGS / "toy-cogvideox-large-init.yaml")
+    large = load_backbone_config(CONFIGS / "toy-cogvideox-large.yaml")  # the toy's folder, the larger transformer
+    assert large_init.tiny.transformer["num_layers"] > toy.tiny.transformer["num_layers"]
+    assert (large.path, large.transformer) == (PROJECT_ROOT / "weights/toy-cogvideox",
+                                               PROJECT_ROOT / "out/toy-large-init/transformer")
+    assert (large.resolution, large.num_frames) == (large_init.resolution, large_init.num_frames) == ((64, 96), 25)
     real = load_backbone_config(CONFIGS / "cogvideox1.5-5b-i2v.yaml")
     assert (real.path, real.num_frames, real.resolution) == (PROJECT_ROOT / "weights/CogVideoX1.5-5B-I2V", 81, (768, 1360))
 
@@ -311,6 +318,13 @@ def test_a_transformer_folder_replaces_the_backbones_own(tmp_path):
     assert torch.equal(swapped.vae.decoder.conv_out.conv.weight, own.vae.decoder.conv_out.conv.weight)
     with pytest.raises(FileNotFoundError, match="transformer: .*config.json"):
         CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", transformer=tmp_path, **settings)
+    # the folder's own transformer weights are not needed then (a larger variant trained beside the toy's VAE)
+    for weights in (tmp_path / "backbone" / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    alone = CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", transformer=tmp_path / "variant", **settings)
+    assert all(torch.equal(a, b) for a, b in zip(alone.transformer.parameters(), swapped.transformer.parameters()))
+    with pytest.raises(FileNotFoundError, match=r"transformer/\*.safetensors"):
+        CogVideoXAdapter.from_pretrained(tmp_path / "backbone", "1.0", **settings)
 
 
 def test_the_spatial_factor_is_read_from_the_vae_config_without_building_it(tmp_path) -> None:
