@@ -4,12 +4,14 @@ The README's toy chain with the project's own jobs, sized for a 16-core machine 
 synthetic training clips (`humanim synth`, the same seed and clips as the CPU chain), training rows
 (configs/preprocess/toy-16cpu.yaml), the larger transformer's random init (configs/backbones/toy-cogvideox-large-init
 .yaml), a short probe run of configs/train/toy-padaln-large.yaml to time a step, then the run itself with as many
-steps as fit `--train-seconds` (written into that config's `max_steps`, which the JSON reports: commit the same
-number), and `humanim backbone ship` into weights/toy-cogvideox/variants/padaln-large. Steps whose output is already
+steps as fit `--train-seconds`, or what is left of `--budget-seconds` for the whole script (written into that
+config's `max_steps`, which the JSON reports: commit the same number), and `humanim backbone ship` into weights/toy-cogvideox/variants/padaln-large. Steps whose output is already
 there are skipped. It edits that config in place; `--cpu-smoke` (tiny sizes, 2 cores, no GPU: a check of the script,
 not a model) edits more of it, so run that in a scratch clone.
 
-    python benchmarks/toy_gpu.py [--train-seconds 240] [--cpu-smoke]
+    python benchmarks/toy_gpu.py [--train-seconds 240] [--budget-seconds 480] [--cpu-smoke]
+
+Measured on one H200 with 16 cores (issue 12): synth 26 s, preprocessing 38 s, 0.147 s per step of 16, 1900 steps.
 """
 
 from __future__ import annotations
