@@ -5,8 +5,8 @@ synthetic training clips (`humanim synth`, the same seed and clips as the CPU ch
 (configs/preprocess/toy-16cpu.yaml), the larger transformer's random init (configs/backbones/toy-cogvideox-large-init
 .yaml), a short probe run of configs/train/toy-padaln-large.yaml to time a step, then the run itself with as many
 steps as fit `--train-seconds`, or what is left of `--budget-seconds` for the whole script (written into that
-config's `max_steps`, which the JSON reports: commit the same number), and `humanim backbone ship` into weights/toy-cogvideox/variants/padaln-large. Steps whose output is already
-there are skipped. It edits that config in place; `--cpu-smoke` (tiny sizes, 2 cores, no GPU: a check of the script,
+config's `max_steps`, which the JSON reports: commit the same number), and `humanim backbone ship` into
+weights/toy-cogvideox/variants/padaln-large. Steps whose output is already there are skipped. It edits that config in place; `--cpu-smoke` (tiny sizes, 2 cores, no GPU: a check of the script,
 not a model) edits more of it, so run that in a scratch clone.
 
     python benchmarks/toy_gpu.py [--train-seconds 240] [--budget-seconds 480] [--cpu-smoke]
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=240.0, help="training time the run's steps must fit")
     parser.add_argument("--budget-seconds", type=float, default=None,
                         help="wall time for the whole script: the run gets less training time when the steps before "
-                             "it took long (about a minute is kept for the run's start and the ship)")
+                             "it took long (RUN_OVERHEAD_S is kept for the run's start and end and the ship)")
     parser.add_argument("--max-steps", type=int, default=8000)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, no GPU: checks the script")
     args = parser.parse_args()
