@@ -6,8 +6,9 @@ synthetic training clips (`humanim synth`, the same seed and clips as the CPU ch
 .yaml), a short probe run of configs/train/toy-padaln-large.yaml to time a step, then the run itself with as many
 steps as fit `--train-seconds`, or what is left of `--budget-seconds` for the whole script (written into that
 config's `max_steps`, which the JSON reports: commit the same number), and `humanim backbone ship` into
-weights/toy-cogvideox/variants/padaln-large. Steps whose output is already there are skipped. It edits that config in place; `--cpu-smoke` (tiny sizes, 2 cores, no GPU: a check of the script,
-not a model) edits more of it, so run that in a scratch clone.
+weights/toy-cogvideox/variants/padaln-large. Steps whose output is already there are skipped. It edits that config
+in place; `--cpu-smoke` (tiny sizes, 2 cores, no GPU: a check of the script, not a model) edits more of it, so run
+that in a scratch clone.
 
     python benchmarks/toy_gpu.py [--train-seconds 240] [--budget-seconds 480] [--cpu-smoke]
 
