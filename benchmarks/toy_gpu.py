@@ -8,7 +8,7 @@ steps as fit `--train-seconds`, or what is left of `--budget-seconds` for the wh
 config's `max_steps`, which the JSON reports: commit the same number), and `humanim backbone ship` into
 weights/toy-cogvideox/variants/padaln-large. Steps whose output is already there are skipped. It edits that config
 in place; `--cpu-smoke` (tiny sizes, 2 cores, no GPU: a check of the script, not a model) edits more of it, so run
-that in a scratch clone.
+that in a scratch clone (`PYTHONPATH=<clone>` when the virtual environment is another checkout's).
 
     python benchmarks/toy_gpu.py [--train-seconds 240] [--budget-seconds 480] [--cpu-smoke]
 
@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from pipelines.io.config import load_config
+from pipelines.io.training_rows import SUMMARY_NAME
+from pipelines.training.config import TrainJobConfig
+from pipelines.training.metrics import METRICS_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = ROOT / "configs" / "train" / "toy-padaln-large.yaml"
@@ -59,9 +62,13 @@ def set_fields(path: Path, **fields: object) -> None:
     path.write_text(text)
 
 
-def seconds_per_step(metrics: Path) -> float:
+def read_metrics(run_dir: Path) -> list[dict]:
+    """A training run's logged metrics, one dict per logged step."""
+    return [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines() if line.strip()]
+
+
+def seconds_per_step(rows: list[dict]) -> float:
     """Training seconds per step over a run's logged steps after the first (which holds the warm-up)."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     first, last = ({"train_s": 0.0, "step": 0} if len(rows) == 1 else rows[0]), rows[-1]
     return (last["train_s"] - first["train_s"]) / (last["step"] - first["step"])
 
@@ -83,19 +90,21 @@ def main() -> None:
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
+    config = load_config(TrainJobConfig, TRAIN_CONFIG)  # where its rows, initial transformer and runs live
+    init_dir = config.backbone_config().transformer.parent
     train_dir = ROOT / "data" / "synth" / "train"
     if not train_dir.is_dir():
         run("synth", ["-m", "ray_jobs.cli", "synth", "--out", str(train_dir), "--clips", str(clips), "--split",
                       "train", "--frames", str(frames), "--workers", str(max(1, (os.cpu_count() or 2) - 4))], timings)
-    if not (ROOT / "out" / "toy-rows" / "summary.json").is_file():
+    if not (Path(config.data.rows_dir) / SUMMARY_NAME).is_file():
         run("preprocess", ["-m", "ray_jobs.preprocess", "--config", str(preprocess)], timings)
-    if not (ROOT / "out" / "toy-large-init" / "transformer").is_dir():
-        run("init", ["-m", "ray_jobs.cli", "backbone", "init", "--config", str(INIT_CONFIG), "--out",
-                     str(ROOT / "out" / "toy-large-init")], timings)
+    if not init_dir.is_dir():
+        run("init", ["-m", "ray_jobs.cli", "backbone", "init", "--config", str(INIT_CONFIG), "--out", str(init_dir)],
+            timings)
 
     set_fields(TRAIN_CONFIG, max_steps=probe_steps)
     run("probe", ["-m", "ray_jobs.train", "--config", str(TRAIN_CONFIG), "--run-name", f"{VARIANT}-probe"], timings)
-    step_s = seconds_per_step(ROOT / "out" / "toy-train" / f"{VARIANT}-probe" / "metrics.jsonl")
+    step_s = seconds_per_step(read_metrics(config.output_dir / f"{VARIANT}-probe"))
     train_seconds = args.train_seconds
     if args.budget_seconds is not None:
         train_seconds = min(train_seconds, args.budget_seconds - (time.perf_counter() - start) - RUN_OVERHEAD_S)
@@ -105,10 +114,9 @@ def main() -> None:
     run("ship", ["-m", "ray_jobs.cli", "backbone", "ship", "--train-config", str(TRAIN_CONFIG), "--name", VARIANT,
                  "--backbone", str(ROOT / "weights" / "toy-cogvideox")], timings)
 
-    metrics = [json.loads(line) for line in
-               (ROOT / "out" / "toy-train" / "toy-padaln-large" / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(config.run_dir)
     print(json.dumps({
-        "variant": VARIANT, "steps": steps, "batch_size": yaml.safe_load(TRAIN_CONFIG.read_text())["batch_size"],
+        "variant": VARIANT, "steps": steps, "batch_size": config.batch_size,
         "probe_seconds_per_step": round(step_s, 4), "seconds": timings,
         "train_s": round(metrics[-1]["train_s"], 1), "samples_per_s": round(metrics[-1]["samples_per_s"], 1),
         "peak_memory_mb": metrics[-1].get("peak_memory_mb"), "final_diffusion_loss": metrics[-1]["diffusion"],
