@@ -250,6 +250,11 @@ class BackboneAdapter(ABC):
         )
 
     @classmethod
+    def check_config_folder(cls, config: BackboneConfig) -> None:
+        """`check_folder` for a `path:` config: every component it loads from there (not a swapped-in transformer)."""
+        cls.check_folder(config.path, config.variant, components_in_folder(config, cls.model_components))
+
+    @classmethod
     @abstractmethod
     def _load_components(cls, folder: Path, config: BackboneConfig, wanted: Collection[str]) -> dict[str, Any]:
         """The pipeline components, loaded from `folder` with `local_files_only=True`: the model components in

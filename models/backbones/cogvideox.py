@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-from .base import BackboneAdapter, Conditioning, components_in_folder, model_files, transformer_folder
+from .base import BackboneAdapter, Conditioning, model_files, transformer_folder
 from .config import BackboneConfig
 from .registry import register_adapter
 from .tokenizer import tiny_tokenizer
@@ -176,7 +176,7 @@ class CogVideoXAdapter(BackboneAdapter):
     def config_fixed_num_frames(cls, config: BackboneConfig) -> int | None:
         if config.tiny is not None:
             return cls._learned_num_frames(cls._tiny_transformer_settings(config))
-        cls.check_folder(config.path, config.variant, components_in_folder(config, cls.model_components))
+        cls.check_config_folder(config)
         transformer = CogVideoXTransformer3DModel.load_config(transformer_folder(config), local_files_only=True)
         return cls._learned_num_frames(transformer)
 

@@ -31,7 +31,6 @@ import torch.distributed as dist
 from torch import nn
 
 from models.backbones import BackboneAdapter, adapter_class, build_adapter
-from models.backbones.base import components_in_folder
 from models.losses import LossConfig, LossOutput
 from models.motion_decoder import MotionDecoder
 from models.padaln import PadaLN
@@ -53,8 +52,7 @@ def preflight(config: TrainJobConfig) -> RowPlan:
     the metric sinks' packages and the rows. Returns the row plan."""
     backbone = config.backbone_config()
     if backbone.path is not None:
-        family = adapter_class(backbone.family)
-        family.check_folder(backbone.path, backbone.variant, components_in_folder(backbone, family.model_components))
+        adapter_class(backbone.family).check_config_folder(backbone)
     deepspeed_settings(config)
     check_sinks(config.logging)
     return plan_rows(config)
